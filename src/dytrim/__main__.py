@@ -1,0 +1,3 @@
+from dytrim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""Typed run configuration: dataclass defaults < YAML preset < `--set key=value` overrides.
+
+Unknown keys and values of the wrong type or outside their range stop the run before any work,
+with a message that names the key and says how to fix it (nanoGPT-style strictness).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, found before training starts."""
+
+
+@dataclass
+class DataConfig:
+    """Which images, and how the long-tailed labeled/unlabeled split is drawn."""
+
+    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist10k
+    root: str = ""  # data directory or file; "" = default location (the embedded file for mnist10k)
+    n1: int = 1500  # labeled images of the head class
+    m1: int = 3000  # unlabeled images of the head class (of the unlabeled profile's largest class)
+    imb_ratio_l: float = 100.0  # gamma_l = N_1 / N_C (>= 1)
+    imb_ratio_u: float = 100.0  # gamma_u = M_max / M_min (>= 1; 1 = uniform)
+    reverse_u: bool = False  # reverse the unlabeled class profile (tail classes get M1)
+    pool: str = "paper"  # paper: reference split (unlabeled pool contains the labeled images) | disjoint
+    shuffle: bool | None = None  # shuffle class indices before the split; None = reference rule per data set
+    test_per_class: int = 150  # mnist10k only: digits per class held out as the test set
+    eval_subset: int = 0  # images of the test set used at intermediate evaluations (0 = all)
+
+
+@dataclass
+class ModelConfig:
+    """Backbone choice (see `dytrim.models.list_models()`)."""
+
+    name: str = "wrn_28_2"
+    channels_last: bool = False  # memory format of activations (faster on some CPUs/GPUs)
+
+
+@dataclass
+class AugConfig:
+    """Weak (crop+flip) and strong (RandAugment + Cutout) views, batched on the device."""
+
+    pad: int = 4
+    flip: bool = True
+    n_ops: int = 3  # RandAugment ops per image (reference: 3)
+    magnitude: float = 4.0  # RandAugment magnitude of 30 (reference: 4)
+    cutout: int = 16  # Cutout square side in pixels after normalisation (0 = off)
+
+
+@dataclass
+class SSLConfig:
+    """The base semi-supervised algorithm and its pseudo-label rule."""
+
+    name: str = "fixmatch"  # fixmatch | supervised
+    hard_label: bool = True  # one-hot argmax targets (FixMatch) or soft softmax targets (reference code)
+    p_cutoff: float = 0.95  # confidence threshold tau (reference code: 0)
+    temperature: float = 1.0  # softmax temperature of soft targets
+    lambda_u: float = 1.0
+    n_strong: int = 1  # strong views per unlabeled image (reference code: 2)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and EMA teacher."""
+
+    name: str = "adam"  # adam | sgd
+    lr: float = 0.0015
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0  # optimiser (coupled) weight decay
+    schedule: str = "constant"  # constant | cosine (USB: lr * cos(7*pi*k / (16*K)))
+    warmup_steps: int = 0
+    ema_decay: float = 0.999
+    ema_wd: float = 0.0  # reference quirk: every tensor of the model *= (1 - ema_wd * lr) after each EMA step
+    ema_buffers: str = "ema"  # ema: average BN buffers too (reference) | copy: copy them (USB)
+
+
+@dataclass
+class TrainConfig:
+    """Schedule length, batches, evaluation and checkpoint cadence, machine settings."""
+
+    steps: int = 250_000
+    eval_every: int = 500
+    batch_size: int = 32  # labeled images per step
+    uratio: int = 2  # unlabeled images per labeled image
+    eval_batch_size: int = 512
+    forward: str = "separate"  # separate: one forward per view, as the reference | joint: one concatenated pass
+    ckpt_every: int = 0  # 0 = at every evaluation
+    keep_ckpts: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; stored resolved as config.yaml next to its outputs."""
+
+    seed: int = 0
+    preset: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "mnist10k"),
+    "data.pool": ("paper", "disjoint"),
+    "ssl.name": ("fixmatch", "supervised"),
+    "optim.name": ("adam", "sgd"),
+    "optim.schedule": ("constant", "cosine"),
+    "optim.ema_buffers": ("ema", "copy"),
+    "train.forward": ("separate", "joint"),
+}
+
+
+def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key the configuration accepts."""
+    cfg = cfg if cfg is not None else RunConfig()
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += all_keys(value, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}'.{hint} (`dytrim presets --keys` lists all keys)")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against the field's annotation; ints widen to floats, nothing else converts."""
+    ann = _resolve(annotation)
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        ann = next(a for a in args if a is not type(None))
+    if ann is bool:
+        if isinstance(value, bool):
+            return value
+    elif ann is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif ann is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif ann is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:  # pragma: no cover - only the types above are used
+        return value
+    raise ConfigError(f"config key '{key}' expects {ann.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _resolve(annotation: Any) -> Any:
+    if isinstance(annotation, str):
+        return eval(annotation, {**vars(typing), "bool": bool, "int": int, "float": float, "str": str})
+    return annotation
+
+
+def set_key(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set one dotted key, refusing unknown keys and wrong types."""
+    parts = key.split(".")
+    node: Any = cfg
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            raise _unknown_key(key)
+        node = getattr(node, part)
+    fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+    leaf = parts[-1]
+    if leaf not in fields or dataclasses.is_dataclass(getattr(node, leaf)):
+        raise _unknown_key(key)
+    setattr(node, leaf, _coerce(key, value, fields[leaf].type))
+
+
+def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested mapping (as read from YAML) key by key."""
+    for k, v in mapping.items():
+        key = prefix + str(k)
+        if isinstance(v, dict):
+            apply_mapping(cfg, v, key + ".")
+        else:
+            set_key(cfg, key, v)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> (key, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from exc
+    return key.strip(), value
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def _preset_files() -> dict[str, Any]:
+    folder = resources.files("dytrim") / "configs"
+    return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    out = {}
+    for name, path in sorted(_preset_files().items()):
+        out[name] = str(yaml.safe_load(path.read_text()).get("description", ""))
+    return out
+
+
+def _preset_mapping(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    files = _preset_files()
+    if name not in files:
+        close = difflib.get_close_matches(name, list(files), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'.{hint} `dytrim presets` lists them.")
+    if name in seen:
+        raise ConfigError(f"preset '{name}' extends itself: {' -> '.join(seen + (name,))}")
+    raw = yaml.safe_load(files[name].read_text()) or {}
+    raw.pop("description", None)
+    parent = raw.pop("extends", None)
+    base = _preset_mapping(parent, seen + (name,)) if parent else {}
+    return _merge(base, raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    preset: str | None = None, overrides: list[str] | None = None, yaml_file: str | Path | None = None
+) -> RunConfig:
+    """Resolve defaults < preset < YAML file < overrides, then validate."""
+    cfg = RunConfig()
+    if preset:
+        apply_mapping(cfg, _preset_mapping(preset))
+        cfg.preset = preset
+    if yaml_file:
+        apply_mapping(cfg, yaml.safe_load(Path(yaml_file).read_text()) or {})
+    for text in overrides or []:
+        set_key(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(mapping: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from its stored dict (config.yaml of a run)."""
+    cfg = RunConfig()
+    apply_mapping(cfg, mapping)
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range and choice checks that need no data; data-dependent checks happen in the split builder."""
+    flat = {k: get_key(cfg, k) for k in all_keys(cfg)}
+    for key, choices in CHOICES.items():
+        _check(flat[key] in choices, key, f"must be one of {', '.join(choices)}; got '{flat[key]}'")
+    d, s, o, t, a = cfg.data, cfg.ssl, cfg.optim, cfg.train, cfg.aug
+    _check(d.imb_ratio_l >= 1, "data.imb_ratio_l", f"gamma_l must be >= 1 (1 = balanced); got {d.imb_ratio_l}")
+    _check(
+        d.imb_ratio_u >= 1,
+        "data.imb_ratio_u",
+        f"gamma_u must be >= 1 (1 = uniform; use data.reverse_u=true to reverse); got {d.imb_ratio_u}",
+    )
+    _check(d.n1 >= 1, "data.n1", f"must be >= 1; got {d.n1}")
+    _check(d.m1 >= 0, "data.m1", f"must be >= 0; got {d.m1}")
+    _check(d.test_per_class >= 1, "data.test_per_class", f"must be >= 1; got {d.test_per_class}")
+    _check(d.eval_subset >= 0, "data.eval_subset", f"must be >= 0 (0 = whole test set); got {d.eval_subset}")
+    _check(0 <= s.p_cutoff <= 1, "ssl.p_cutoff", f"must be in [0, 1]; got {s.p_cutoff}")
+    _check(s.temperature > 0, "ssl.temperature", f"must be > 0; got {s.temperature}")
+    _check(s.lambda_u >= 0, "ssl.lambda_u", f"must be >= 0; got {s.lambda_u}")
+    _check(s.n_strong >= 1, "ssl.n_strong", f"must be >= 1; got {s.n_strong}")
+    _check(o.lr > 0, "optim.lr", f"must be > 0; got {o.lr}")
+    _check(0 <= o.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1); got {o.ema_decay}")
+    _check(o.ema_wd >= 0 and o.ema_wd * o.lr < 1, "optim.ema_wd", "must be >= 0 with ema_wd * lr < 1")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0; got {o.weight_decay}")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0; got {o.warmup_steps}")
+    _check(t.steps >= 1, "train.steps", f"must be >= 1; got {t.steps}")
+    _check(t.eval_every >= 1, "train.eval_every", f"must be >= 1; got {t.eval_every}")
+    _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1; got {t.batch_size}")
+    _check(t.uratio >= 0, "train.uratio", f"must be >= 0; got {t.uratio}")
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1; got {t.eval_batch_size}")
+    _check(t.ckpt_every >= 0, "train.ckpt_every", f"must be >= 0; got {t.ckpt_every}")
+    _check(t.keep_ckpts >= 1, "train.keep_ckpts", f"must be >= 1; got {t.keep_ckpts}")
+    _check(t.threads >= 0, "train.threads", f"must be >= 0; got {t.threads}")
+    _check(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+        "train.device",
+        f"must be auto, cpu, cuda or cuda:N; got '{t.device}'",
+    )
+    _check(a.pad >= 0 and a.cutout >= 0 and a.n_ops >= 0, "aug", "pad, cutout and n_ops must be >= 0")
+    _check(0 <= a.magnitude <= 30, "aug.magnitude", f"must be in [0, 30]; got {a.magnitude}")
+    if s.name == "fixmatch":
+        _check(t.uratio >= 1, "train.uratio", "fixmatch needs unlabeled images: set uratio >= 1")
+        _check(d.m1 >= 1, "data.m1", "fixmatch needs unlabeled images: set data.m1 >= 1")
+    from dytrim.models import list_models  # local import: models import torch
+
+    if cfg.model.name not in list_models():
+        close = difflib.get_close_matches(cfg.model.name, list_models(), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"model.name: unknown model '{cfg.model.name}'.{hint} Known: {', '.join(list_models())}")
+
+
+def get_key(cfg: Any, key: str) -> Any:
+    """The value of a dotted key."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: readers for real image data sets, long-tailed splits, on-device batches and augmentation."""

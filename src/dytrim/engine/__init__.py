@@ -1,0 +1,1 @@
+"""The training engine: one loop (loop.py) and the pieces it calls."""

@@ -1,0 +1,69 @@
+"""Component hooks: the named points at which debiasers act on the one training loop.
+
+The loop calls every component at each point in a fixed order; the base class does nothing, so a
+component overrides only the points it needs and several stack (e.g. CDMAD + logit adjustment).
+The points mirror the per-step dynamics view Δlog π = -η·T·K·G: samplers and weights act on which
+samples enter (and how strongly), logit hooks act on the direction of G, eval hooks on prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Batch:
+    """One step's inputs. Positions index the labeled/unlabeled pools; weights multiply per-sample losses."""
+
+    lb_pos: torch.Tensor  # [B] positions in the labeled pool
+    x_lb: torch.Tensor  # [B, C, H, W] normalised weak view
+    y_lb: torch.Tensor  # [B]
+    w_lb: torch.Tensor  # [B] per-sample loss weights (1 by default)
+    ulb_pos: torch.Tensor | None = None  # [Bu] positions in the unlabeled pool
+    x_ulb_w: torch.Tensor | None = None  # [Bu, C, H, W] weak view
+    x_ulb_s: list[torch.Tensor] = field(default_factory=list)  # n_strong x [Bu, C, H, W]
+    w_ulb: torch.Tensor | None = None  # [Bu]
+
+
+@dataclass
+class StepOutput:
+    """What one step computed, handed to `observe` (per-sample losses for scores, targets, mask)."""
+
+    loss_lb: torch.Tensor  # [B] unweighted per-sample supervised loss
+    loss_ulb: torch.Tensor | None  # [n_strong, Bu] unweighted, masked per-sample consistency loss
+    targets: torch.Tensor | None  # [Bu, C]
+    mask: torch.Tensor | None  # [Bu]
+    logits_ulb_w: torch.Tensor | None  # [Bu, C] weak-view logits after pseudo_logits hooks
+
+
+class Component:
+    """A debiasing/pruning component. Every hook is a no-op by default."""
+
+    name = "component"
+
+    def pseudo_logits(self, logits_w: torch.Tensor, step: int) -> torch.Tensor:
+        """Adjust weak-view logits before pseudo-labels are formed (CDMAD)."""
+        return logits_w
+
+    def train_logits(self, logits: torch.Tensor, labeled: bool, step: int) -> torch.Tensor:
+        """Adjust logits that enter a training loss (logit-adjusted loss)."""
+        return logits
+
+    def weight(self, batch: Batch, step: int) -> None:
+        """Scale batch.w_lb / batch.w_ulb in place (re-weighting, soft pruning)."""
+
+    def observe(self, batch: Batch, out: StepOutput, step: int) -> None:
+        """See the step's per-sample results after the update (scores, statistics)."""
+
+    def eval_logits(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """Debiased test logits, or None if this component does not change predictions."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state

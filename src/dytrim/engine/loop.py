@@ -1,0 +1,289 @@
+"""The one training loop. Read it top to bottom: `train_step` is the whole method.
+
+Order of a step (STYLE.md habit 1): sample -> weak/strong views -> pseudo-label logits (component
+hooks, e.g. CDMAD) -> targets and mask (SSL algorithm) -> supervised logits and weights -> per-sample
+losses -> backward -> optimiser -> EMA -> observe (components). Evaluation uses the EMA model.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dytrim.config import RunConfig, dump_yaml
+from dytrim.data.augment import normalize, strong_augment, weak_augment
+from dytrim.data.sources import LTData, load_data
+from dytrim.engine import runlog
+from dytrim.engine.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from dytrim.engine.ema import EMATeacher
+from dytrim.engine.evaluate import predict_logits
+from dytrim.engine.hooks import Batch, Component, StepOutput
+from dytrim.engine.optim import build_optimizer, lr_at, set_lr
+from dytrim.engine.sampler import EpochSampler
+from dytrim.metrics import classification_metrics
+from dytrim.models import create_model
+from dytrim.ssl import create_ssl, soft_cross_entropy
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: the run stops and keeps its last good checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Builds everything from a RunConfig and trains; `components` are the debiasers (hooks.py)."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, components: list[Component] | None = None) -> None:
+        self.cfg, self.out = cfg, Path(out_dir)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.data: LTData = load_data(cfg.data, cfg.seed, self.device)
+        d = self.data
+        self.model = create_model(cfg.model.name, d.num_classes, in_channels=d.in_channels).to(self.device)
+        if cfg.model.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.train()
+        self.ema = EMATeacher(self.model, cfg.optim.ema_decay, cfg.optim.ema_buffers)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.ssl = create_ssl(cfg.ssl, d.num_classes, len(d.ulb_idx))
+        self.components = list(components or [])
+        self.lb_sampler = EpochSampler(len(d.lb_idx), cfg.train.batch_size, cfg.seed * 1000 + 1)
+        self.ulb_sampler = EpochSampler(
+            len(d.ulb_idx), max(1, cfg.train.batch_size * cfg.train.uratio), cfg.seed * 1000 + 2
+        )
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 3)
+        self.step = 0
+        self.train_s = 0.0  # wall time spent in training steps (evaluation excluded)
+        self.wall_s = 0.0  # total wall time of the run, carried across resumes
+        self.samples_seen = 0
+
+    # ------------------------------------------------------------------ one step
+    def _views(self) -> Batch:
+        """Sample positions, gather uint8 images on the device, make the weak/strong views."""
+        cfg, d, a = self.cfg, self.data, self.cfg.aug
+        lb_pos = self.lb_sampler.next().to(self.device)
+        lb = d.lb_idx[lb_pos]
+        x_lb = normalize(weak_augment(d.x_train[lb], self.aug_gen, a.pad, a.flip), d.mean, d.std)
+        batch = Batch(lb_pos=lb_pos, x_lb=x_lb, y_lb=d.y_train[lb], w_lb=torch.ones(len(lb), device=self.device))
+        if self.ssl.uses_unlabeled:
+            ulb_pos = self.ulb_sampler.next().to(self.device)
+            x_u = d.x_train[d.ulb_idx[ulb_pos]]
+            batch.ulb_pos = ulb_pos
+            batch.x_ulb_w = normalize(weak_augment(x_u, self.aug_gen, a.pad, a.flip), d.mean, d.std)
+            batch.x_ulb_s = [
+                strong_augment(
+                    x_u, self.aug_gen, d.mean, d.std, n_ops=a.n_ops, magnitude=a.magnitude,
+                    cutout_size=a.cutout, pad=a.pad, flip=a.flip,
+                )
+                for _ in range(cfg.ssl.n_strong)
+            ]
+            batch.w_ulb = torch.ones(len(ulb_pos), device=self.device)
+        return batch
+
+    def _forward(self, xs: list[torch.Tensor], grad: list[bool]) -> list[torch.Tensor]:
+        """Logits for each input, one forward per input (reference: separate BN batches) or one
+        concatenated pass (train.forward=joint, as USB); `grad[i]` False = no graph for input i."""
+        cl = self.cfg.model.channels_last
+        prep = [x.contiguous(memory_format=torch.channels_last) if cl else x for x in xs]
+        if self.cfg.train.forward == "joint":
+            logits = self.model(torch.cat(prep))
+            outs = list(logits.split([len(x) for x in xs]))
+            return [o if g else o.detach() for o, g in zip(outs, grad)]
+        outs = []
+        for x, g in zip(prep, grad):
+            with torch.set_grad_enabled(g):
+                outs.append(self.model(x))
+        return outs
+
+    def train_step(self) -> dict[str, float]:
+        cfg, step = self.cfg, self.step
+        batch = self._views()
+        for c in self.components:
+            c.weight(batch, step)
+        ulb = self.ssl.uses_unlabeled
+        # reference order: weak unlabeled (no grad), then labeled, then each strong view
+        if ulb:
+            n_s = len(batch.x_ulb_s)
+            outs = self._forward([batch.x_ulb_w, batch.x_lb, *batch.x_ulb_s], [False] + [True] * (n_s + 1))
+            logits_w, logits_lb, logits_s = outs[0].detach(), outs[1], outs[2:]
+        else:
+            logits_lb = self._forward([batch.x_lb], [True])[0]
+        for c in self.components:
+            logits_lb = c.train_logits(logits_lb, True, step)
+        y_onehot = torch.nn.functional.one_hot(batch.y_lb, self.data.num_classes).float()
+        loss_lb = soft_cross_entropy(logits_lb.float(), y_onehot)
+        loss = (loss_lb * batch.w_lb).mean()
+        stats = {"loss_x": float(loss_lb.mean())}
+        out = StepOutput(loss_lb=loss_lb.detach(), loss_ulb=None, targets=None, mask=None, logits_ulb_w=None)
+        if ulb:
+            for c in self.components:
+                logits_w = c.pseudo_logits(logits_w, step)
+            targets, mask = self.ssl.pseudo_targets(logits_w, batch.ulb_pos)
+            per_view = []
+            for z in logits_s:
+                for c in self.components:
+                    z = c.train_logits(z, False, step)
+                per_view.append(soft_cross_entropy(z.float(), targets) * mask)
+            loss_ulb = torch.stack(per_view)  # [n_strong, Bu]
+            loss_u = (loss_ulb * batch.w_ulb).mean()  # mean over n_strong * Bu terms, as the reference
+            extra = self.ssl.extra_loss(torch.cat(logits_s), targets, mask)
+            loss = loss + cfg.ssl.lambda_u * loss_u + (extra if extra is not None else 0.0)
+            true_u = self.data.y_train[self.data.ulb_idx[batch.ulb_pos]]
+            hit = (targets.argmax(-1) == true_u).float()
+            stats |= {
+                "loss_u": float(loss_u),
+                "mask_rate": float(mask.mean()),
+                "pseudo_acc": float((hit * mask).sum() / mask.sum().clamp_min(1e-12)),
+            }
+            out = StepOutput(out.loss_lb, loss_ulb.detach(), targets, mask, logits_w)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"non-finite loss ({float(loss)}) at step {step}; the run stopped and keeps its last good "
+                "checkpoint. Lower optim.lr or check the data."
+            )
+        lr = lr_at(step, cfg.train.steps, cfg.optim)
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.ema.update(self.model, cfg.optim.ema_wd * lr)
+        for c in self.components:
+            c.observe(batch, out, step)
+        self.step += 1
+        self.samples_seen += len(batch.lb_pos) + (len(batch.ulb_pos) if ulb else 0)
+        return stats | {"loss": float(loss), "lr": lr}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, full: bool = False) -> dict[str, Any]:
+        """EMA-model metrics on the test set (or the fixed subset), raw and per debiasing component."""
+        d = self.data
+        idx = torch.arange(len(d.y_test), device=self.device) if full else d.eval_idx
+        x, y = d.x_test[idx], d.y_test[idx]
+        logits = predict_logits(
+            self.ema.model, x, d.mean, d.std, self.cfg.train.eval_batch_size, self.cfg.model.channels_last
+        )
+        row = classification_metrics(logits.argmax(-1), y, d.num_classes, d.split.lb_counts)
+        for c in self.components:
+            adjusted = c.eval_logits(logits)
+            if adjusted is not None:
+                row |= classification_metrics(adjusted.argmax(-1), y, d.num_classes, d.split.lb_counts, "_debiased")
+        row["eval_n"] = len(y)
+        return row
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "train_s": self.train_s,
+            "wall_s": self.wall_s,
+            "samples_seen": self.samples_seen,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ssl": self.ssl.state_dict(),
+            "components": {c.name: c.state_dict() for c in self.components},
+            "lb_sampler": self.lb_sampler.state_dict(),
+            "ulb_sampler": self.ulb_sampler.state_dict(),
+            "rng": {
+                "aug": self.aug_gen.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.train_s, self.wall_s = state["step"], state["train_s"], state["wall_s"]
+        self.samples_seen = state["samples_seen"]
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ssl.load_state_dict(state["ssl"])
+        for c in self.components:
+            c.load_state_dict(state["components"].get(c.name, {}))
+        self.lb_sampler.load_state_dict(state["lb_sampler"])
+        self.ulb_sampler.load_state_dict(state["ulb_sampler"])
+        rng = state["rng"]
+        self.aug_gen.set_state(rng["aug"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to cfg.train.steps, evaluating every eval_every steps; returns the summary."""
+        cfg, out = self.cfg, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path = out / "metrics.jsonl"
+        if resume and (found := load_latest(out, self.device)) is not None:
+            self.load_state_dict(found[0])
+            # rows written after the checkpoint (a crash between evaluation and checkpoint) are redone
+            runlog.write_rows(metrics_path, [r for r in runlog.read_rows(metrics_path) if r["step"] <= self.step])
+        else:
+            runlog.write_rows(metrics_path, [])
+            atomic_write_text(out / "run.json", _json(runlog.run_metadata(cfg.seed) | {"counts": self.data.counts()}))
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))  # on resume: with its overrides (e.g. steps)
+        t_total = cfg.train.steps
+        every = cfg.train.eval_every
+        bar = tqdm(total=t_total, initial=self.step, disable=not cfg.train.progress, desc=cfg.preset or "train",
+                   dynamic_ncols=True, mininterval=1.0)
+        start_wall = time.perf_counter() - self.wall_s
+        while self.step < t_total:
+            t0 = time.perf_counter()
+            stats = self.train_step()
+            self.train_s += time.perf_counter() - t0
+            bar.update(1)
+            if self.step % every == 0 or self.step == t_total:
+                row = {"step": self.step} | self.evaluate() | {
+                    "lr": stats["lr"],
+                    "loss": round(stats["loss"], 5),
+                    **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
+                    "wall_s": round(time.perf_counter() - start_wall, 2),
+                    "images_per_s": round(self.samples_seen / max(self.train_s, 1e-9), 2),
+                }
+                runlog.append_row(metrics_path, row)
+                bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{stats['loss']:.3f}")
+                self.wall_s = time.perf_counter() - start_wall
+                if cfg.train.ckpt_every == 0 or self.step % cfg.train.ckpt_every == 0 or self.step == t_total:
+                    save_checkpoint(out, self.step, self.state_dict(), cfg.train.keep_ckpts)
+        bar.close()
+        self.wall_s = time.perf_counter() - start_wall
+        rows = runlog.read_rows(metrics_path)
+        summary = runlog.summarize(rows, self.wall_s, self.step)
+        summary["train_s"] = round(self.train_s, 2)
+        summary["images_per_s"] = round(self.samples_seen / max(self.train_s, 1e-9), 2)
+        if len(self.data.eval_idx) < len(self.data.y_test):
+            summary["full_test"] = self.evaluate(full=True)
+        summary["notes"] = (
+            "metrics of the EMA model on the test set; last = final evaluation, best = max over evaluations, "
+            "mean/median_last20 = over the last 20 evaluations"
+        )
+        atomic_write_text(out / "summary.json", _json(summary))
+        runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run")
+        return summary
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
+

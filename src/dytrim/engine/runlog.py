@@ -1,0 +1,110 @@
+"""Run outputs: metrics.jsonl (one object per evaluation), summary.json, curves.png, run metadata."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from dytrim.engine.checkpoint import atomic_write_text
+
+SUMMARY_METRICS = ("acc", "bacc", "gm", "many", "medium", "few")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str, Any]:
+    """For every metric present: last, best, mean and median of the last 20 evaluations."""
+    out: dict[str, Any] = {}
+    keys = [k for k in rows[-1] if k.split("_debiased")[0] in SUMMARY_METRICS] if rows else []
+    for key in keys:
+        vals = [float(r[key]) for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
+        if not vals:
+            continue
+        tail = sorted(vals[-20:])
+        mid = len(tail) // 2
+        out[key] = {
+            "last": vals[-1],
+            "best": max(vals),
+            "mean_last20": sum(tail) / len(tail),
+            "median_last20": tail[mid] if len(tail) % 2 else (tail[mid - 1] + tail[mid]) / 2,
+        }
+    out["steps"] = steps
+    out["wall_s"] = round(wall_s, 2)
+    out["evaluations"] = len(rows)
+    return out
+
+
+def run_metadata(seed: int) -> dict[str, Any]:
+    """Versions, git revision and machine: stored beside the metrics for reproducibility."""
+    import numpy
+    import torch
+
+    import dytrim
+
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(dytrim.__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return {
+        "seed": seed,
+        "dytrim": dytrim.__version__,
+        "git_rev": rev or None,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+    }
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """bACC and GM (raw and, where present, debiased) against steps, plus the last per-class recall."""
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    for key, style in (("bacc", "-"), ("gm", "--"), ("bacc_debiased", "-"), ("gm_debiased", "--")):
+        if key in rows[-1]:
+            ax.plot(steps, [100 * r[key] for r in rows], style, label=key, marker="." if len(rows) < 40 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("% (EMA model, test set)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    recall = rows[-1]["per_class_recall"]
+    bx.bar(range(len(recall)), [100 * r for r in recall], color="tab:blue")
+    bx.set_xlabel("class (head -> tail)")
+    bx.set_ylabel("recall %")
+    bx.set_ylim(0, 100)
+    bx.set_title(f"per-class recall at step {steps[-1]}")
+    bx.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -79,7 +79,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.preset, args.overrides, args.config)
         out = Path(args.out)
         if (out / "metrics.jsonl").exists():
-            raise ConfigError(f"--out: '{out}' already holds a run; continue it with --resume {out} or pick a new --out")
+            raise ConfigError(
+                f"--out: '{out}' already holds a run; continue it with --resume {out} or pick a new --out"
+            )
     _check_writable(out)
     trainer = Trainer(cfg, out)
     try:
@@ -120,7 +122,11 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         **counts,
         "total": {k: int(sum(v)) for k, v in counts.items()},
         "unlabeled_pool_contains_labeled": cfg.data.pool == "paper",
-        "imbalance": {"gamma_l": cfg.data.imb_ratio_l, "gamma_u": cfg.data.imb_ratio_u, "reverse_u": cfg.data.reverse_u},
+        "imbalance": {
+            "gamma_l": cfg.data.imb_ratio_l,
+            "gamma_u": cfg.data.imb_ratio_u,
+            "reverse_u": cfg.data.reverse_u,
+        },
     }
     print(json.dumps(info, indent=1))
     return 0

@@ -170,7 +170,12 @@ def _to_nchw(x: np.ndarray, device: torch.device) -> torch.Tensor:
 def load_arrays(cfg: DataConfig) -> tuple[ImageArrays, Source]:
     """Read the configured data set from disk (verifying its manifest hash) without splitting."""
     source = SOURCES.create(cfg.name)
-    return source.read(cfg), source
+    try:
+        return source.read(cfg), source
+    except DataError as exc:
+        if str(exc).startswith("data.root"):
+            raise
+        raise DataError(f"data.root='{cfg.root}': {exc}") from exc
 
 
 def load_data(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -> LTData:

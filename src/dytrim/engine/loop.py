@@ -103,9 +103,9 @@ class Trainer:
         if self.cfg.train.forward == "joint":
             logits = self.model(torch.cat(prep))
             outs = list(logits.split([len(x) for x in xs]))
-            return [o if g else o.detach() for o, g in zip(outs, grad)]
+            return [o if g else o.detach() for o, g in zip(outs, grad, strict=True)]
         outs = []
-        for x, g in zip(prep, grad):
+        for x, g in zip(prep, grad, strict=True):
             with torch.set_grad_enabled(g):
                 outs.append(self.model(x))
         return outs
@@ -128,7 +128,7 @@ class Trainer:
         y_onehot = torch.nn.functional.one_hot(batch.y_lb, self.data.num_classes).float()
         loss_lb = soft_cross_entropy(logits_lb.float(), y_onehot)
         loss = (loss_lb * batch.w_lb).mean()
-        stats = {"loss_x": float(loss_lb.mean())}
+        stats = {"loss_x": float(loss_lb.detach().mean())}
         out = StepOutput(loss_lb=loss_lb.detach(), loss_ulb=None, targets=None, mask=None, logits_ulb_w=None)
         if ulb:
             for c in self.components:
@@ -146,7 +146,7 @@ class Trainer:
             true_u = self.data.y_train[self.data.ulb_idx[batch.ulb_pos]]
             hit = (targets.argmax(-1) == true_u).float()
             stats |= {
-                "loss_u": float(loss_u),
+                "loss_u": float(loss_u.detach()),
                 "mask_rate": float(mask.mean()),
                 "pseudo_acc": float((hit * mask).sum() / mask.sum().clamp_min(1e-12)),
             }
@@ -166,7 +166,7 @@ class Trainer:
             c.observe(batch, out, step)
         self.step += 1
         self.samples_seen += len(batch.lb_pos) + (len(batch.ulb_pos) if ulb else 0)
-        return stats | {"loss": float(loss), "lr": lr}
+        return stats | {"loss": float(loss.detach()), "lr": lr}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = False) -> dict[str, Any]:

@@ -1,0 +1,90 @@
+"""Train one preset through the CLI and record the result: curve PNG, summary and per-evaluation table.
+
+    python benchmarks/train_preset.py cpu-cifar10lt-fixmatch --data-root ../shared/data
+
+Writes benchmarks/results/<preset>.md (exact command, machine, date, summary, every evaluation) and
+benchmarks/results/<preset>-curves.png; the run directory itself goes to --out (default runs/bench-<preset>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("preset")
+    ap.add_argument("--data-root", default="../shared/data")
+    ap.add_argument("--out", default=None, help="run directory (default runs/bench-<preset>)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    out = Path(args.out or f"runs/bench-{args.preset}")
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = ["dytrim", "train", "--preset", args.preset, "--set", f"data.root={args.data_root}", "--out", str(out)]
+    for o in args.overrides:
+        cmd += ["--set", o]
+    started = dt.datetime.now(dt.timezone.utc)
+    subprocess.run([sys.executable, "-m", "dytrim", *cmd[1:]], check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    run = json.loads((out / "run.json").read_text())
+    RESULTS.mkdir(exist_ok=True)
+    png = RESULTS / f"{args.preset}-curves.png"
+    shutil.copyfile(out / "curves.png", png)
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.2f}"
+
+    lines = [
+        f"# `{args.preset}`: one training run on the real data",
+        "",
+        f"- command: `{shlex.join(cmd)}` (driven by `python {shlex.join(sys.argv)}`)",
+        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.machine()}, {run['machine']}, "
+        f"torch {run['torch']}, git {run['git_rev']}",
+        f"- split (labeled / unlabeled pool / test per class): {run['counts']}",
+        f"- wall time {summary['wall_s']:.0f} s (training {summary['train_s']:.0f} s), "
+        f"{summary['images_per_s']:.0f} training images/s, {summary['steps']} steps",
+        "- metrics: EMA model; intermediate evaluations on the test subset of `eval_n` images, "
+        "`full test` = final evaluation on the whole test set",
+        "",
+        f"![curves]({png.name})",
+        "",
+        "| metric | last | best | mean of last 20 | median of last 20 | full test (final) |",
+        "|---|---|---|---|---|---|",
+    ]
+    full = summary.get("full_test", rows[-1])
+    for key in ("bacc", "gm", "acc", "many", "medium", "few"):
+        if key in summary:
+            s = summary[key]
+            lines.append(
+                f"| {key} | {pct(s['last'])} | {pct(s['best'])} | {pct(s['mean_last20'])} | "
+                f"{pct(s['median_last20'])} | {pct(full[key])} |"
+            )
+    lines += ["", f"Per-class recall, full test set: {[round(100 * r, 1) for r in full['per_class_recall']]}", ""]
+    lines += [
+        "| step | bACC | GM | acc | mask rate | pseudo-label acc | wall s | images/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {pct(r['bacc'])} | {pct(r['gm'])} | {pct(r['acc'])} | {r.get('mask_rate', '')} | "
+            f"{r.get('pseudo_acc', '')} | {r['wall_s']} | {r['images_per_s']} |"
+        )
+    (RESULTS / f"{args.preset}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -153,7 +153,7 @@ class Trainer:
             out = StepOutput(out.loss_lb, loss_ulb.detach(), targets, mask, logits_w)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"non-finite loss ({float(loss)}) at step {step}; the run stopped and keeps its last good "
+                f"non-finite loss ({float(loss.detach())}) at step {step}; the run stopped and keeps its last good "
                 "checkpoint. Lower optim.lr or check the data."
             )
         lr = lr_at(step, cfg.train.steps, cfg.optim)
@@ -247,25 +247,29 @@ class Trainer:
         bar = tqdm(total=t_total, initial=self.step, disable=not cfg.train.progress, desc=cfg.preset or "train",
                    dynamic_ncols=True, mininterval=1.0)
         start_wall = time.perf_counter() - self.wall_s
-        while self.step < t_total:
-            t0 = time.perf_counter()
-            stats = self.train_step()
-            self.train_s += time.perf_counter() - t0
-            bar.update(1)
-            if self.step % every == 0 or self.step == t_total:
-                row = {"step": self.step} | self.evaluate() | {
-                    "lr": stats["lr"],
-                    "loss": round(stats["loss"], 5),
-                    **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
-                    "wall_s": round(time.perf_counter() - start_wall, 2),
-                    "images_per_s": round(self.samples_seen / max(self.train_s, 1e-9), 2),
-                }
-                runlog.append_row(metrics_path, row)
-                bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{stats['loss']:.3f}")
-                self.wall_s = time.perf_counter() - start_wall
-                if cfg.train.ckpt_every == 0 or self.step % cfg.train.ckpt_every == 0 or self.step == t_total:
+        ckpt_every = cfg.train.ckpt_every or every  # 0 = checkpoint at every evaluation
+        try:
+            while self.step < t_total:
+                t0 = time.perf_counter()
+                stats = self.train_step()
+                self.train_s += time.perf_counter() - t0
+                bar.update(1)
+                done = self.step == t_total
+                if self.step % every == 0 or done:
+                    row = {"step": self.step} | self.evaluate() | {
+                        "lr": stats["lr"],
+                        "loss": round(stats["loss"], 5),
+                        **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
+                        "wall_s": round(time.perf_counter() - start_wall, 2),
+                        "images_per_s": round(self.samples_seen / max(self.train_s, 1e-9), 2),
+                    }
+                    runlog.append_row(metrics_path, row)
+                    bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{stats['loss']:.3f}")
+                if self.step % ckpt_every == 0 or done:
+                    self.wall_s = time.perf_counter() - start_wall
                     save_checkpoint(out, self.step, self.state_dict(), cfg.train.keep_ckpts)
-        bar.close()
+        finally:
+            bar.close()
         self.wall_s = time.perf_counter() - start_wall
         rows = runlog.read_rows(metrics_path)
         summary = runlog.summarize(rows, self.wall_s, self.step)

@@ -25,8 +25,11 @@ from dytrim.config import load_config
 from dytrim.engine.loop import Trainer
 
 
-def time_preset(preset: str, data_root: str, threads: int, steps: int, repeats: int) -> dict[str, object]:
-    cfg = load_config(preset, [f"data.root={data_root}", f"train.threads={threads}", "train.progress=false"])
+def time_preset(spec: str, data_root: str, threads: int, steps: int, repeats: int) -> dict[str, object]:
+    """`spec` = PRESET or PRESET:key=value,key=value (overrides for this row)."""
+    preset, _, extra = spec.partition(":")
+    overrides = [f"data.root={data_root}", f"train.threads={threads}", "train.progress=false"]
+    cfg = load_config(preset, overrides + [o for o in extra.split(",") if o])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp))
         for _ in range(3):  # warm-up: allocator, kernels
@@ -40,7 +43,7 @@ def time_preset(preset: str, data_root: str, threads: int, steps: int, repeats: 
     images = cfg.train.batch_size * (1 + (cfg.train.uratio if trainer.ssl.uses_unlabeled else 0))
     med = statistics.median(per_step)
     return {
-        "preset": preset,
+        "preset": spec,
         "model": cfg.model.name,
         "batch": f"{cfg.train.batch_size} lb + {cfg.train.batch_size * cfg.train.uratio} ulb x "
         f"(1 weak + {cfg.ssl.n_strong} strong)",
@@ -54,7 +57,7 @@ def time_preset(preset: str, data_root: str, threads: int, steps: int, repeats: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", action="append", required=True)
+    ap.add_argument("--preset", action="append", required=True, help="PRESET or PRESET:key=value,key=value")
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10, help="steps per timed run")

@@ -18,10 +18,9 @@ pixel (same arithmetic as Pillow, so no half-pixel rounding ties) and gather; ou
 
 Reference details kept on purpose: the sign of Rotate/Shear/Translate flips with p = 0.5; the CutoutAbs
 centre is ``np.random.uniform(w)``, i.e. uniform(low=w, high=1), so it lies in (1, w], not [0, w).
-Deliberate differences:
+Posterize keeps ``bits = max(1, int(v))`` as the reference does, so at m=4 (v = 0.533) it keeps 1 bit.
+One deliberate difference:
 
-* Posterize uses ``bits = max(1, int(v))``.  At m=4, ``int(0.533) == 0``: the Pillow of the reference
-  era turned that into an all-black image, current Pillow raises ``ValueError``.
 * CutoutAbs on a 1-channel image fills with 125 (Pillow refuses an RGB colour for mode ``L``).
 
 All random draws (op choice, sign, box positions, crop offsets, flips) are per sample and come from the

@@ -282,7 +282,7 @@ class Trainer:
             "mean/median_last20 = over the last 20 evaluations"
         )
         atomic_write_text(out / "summary.json", _json(summary))
-        runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run")
+        runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts)
         return summary
 
 

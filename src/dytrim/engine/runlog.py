@@ -76,8 +76,11 @@ def run_metadata(seed: int) -> dict[str, Any]:
     }
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """bACC and GM (raw and, where present, debiased) against steps, plus the last per-class recall."""
+def plot_curves(
+    rows: list[dict[str, Any]], path: Path, title: str, classes: list[str], lb_counts: list[int]
+) -> None:
+    """bACC and GM (raw and, where present, debiased) against steps, plus the last per-class recall
+    with each class's name and labeled count under its bar."""
     if not rows:
         return
     import matplotlib
@@ -98,7 +101,10 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title)
     recall = rows[-1]["per_class_recall"]
     bx.bar(range(len(recall)), [100 * r for r in recall], color="tab:blue")
-    bx.set_xlabel("class (head -> tail)")
+    if len(recall) <= 20:
+        bx.set_xticks(range(len(recall)), [f"{c[:6]}\n{n}" for c, n in zip(classes, lb_counts, strict=True)],
+                      fontsize=7)
+    bx.set_xlabel("class (name / labeled count)")
     bx.set_ylabel("recall %")
     bx.set_ylim(0, 100)
     bx.set_title(f"per-class recall at step {steps[-1]}")

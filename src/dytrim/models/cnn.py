@@ -12,24 +12,12 @@ import torch
 from torch import nn
 
 from . import register_model
+from .base import PooledHeadNet, reference_init
 
 __all__ = ["SmallCNN", "ResNetTiny", "cnn_small", "resnet_tiny"]
 
 
-def _init_weights(model: nn.Module) -> None:
-    """Same scheme as WRN: kaiming fan_out convs, unit BN, xavier head with zero bias."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.xavier_normal_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-class SmallCNN(nn.Module):
+class SmallCNN(PooledHeadNet):
     """Three conv3x3-BN-ReLU layers (widths w, 2w, 4w): the first with stride 2, then 2x2 max-pool before
     each of the others (32x32 -> 16 -> 8 -> 4), GAP, Linear.
 
@@ -53,19 +41,11 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2),
             nn.Conv2d(w2, w3, 3, padding=1, bias=False),
         )
-        self.final_bn = nn.BatchNorm2d(w3)
-        self.final_act = nn.ReLU(inplace=True)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = w3
-        self.head = nn.Linear(w3, num_classes)
-        _init_weights(self)
+        self._make_ending(w3, num_classes, nn.ReLU(inplace=True), nn.BatchNorm2d(w3))
+        reference_init(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features [N, num_features] (the head's input)."""
-        return torch.flatten(self.pool(self.final_act(self.final_bn(self.features(x)))), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
 
 
 class _PreActBasicBlock(nn.Module):
@@ -90,7 +70,7 @@ class _PreActBasicBlock(nn.Module):
         return self.shortcut(x) + o
 
 
-class ResNetTiny(nn.Module):
+class ResNetTiny(PooledHeadNet):
     """Narrow pre-activation ResNet: conv3x3-BN-ReLU stem, three stages of `blocks[i]` basic blocks
     (widths w, 2w, 4w; strides 1, 2, 2), final BN-ReLU, GAP, Linear.
 
@@ -126,20 +106,11 @@ class ResNetTiny(nn.Module):
                 in_ch = out_ch
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.final_bn = nn.BatchNorm2d(in_ch)
-        self.final_act = nn.ReLU(inplace=True)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = in_ch
-        self.head = nn.Linear(in_ch, num_classes)
-        _init_weights(self)
+        self._make_ending(in_ch, num_classes, nn.ReLU(inplace=True), nn.BatchNorm2d(in_ch))
+        reference_init(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features [N, num_features] (the head's input)."""
-        x = self.stages(self.stem(x))
-        return torch.flatten(self.pool(self.final_act(self.final_bn(x))), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
 
 
 @register_model("cnn_small")

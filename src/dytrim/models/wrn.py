@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import register_model
+from .base import PooledHeadNet, reference_init
 
 __all__ = ["WideResNet", "PreActBlock", "wrn", "wrn_28_2", "wrn_28_8"]
 
@@ -63,7 +64,7 @@ class PreActBlock(nn.Module):
         return self.shortcut(x) + o
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledHeadNet):
     """WRN-depth-widen_factor: conv3x3(in,16), 3 groups of (depth-4)/6 pre-activation blocks
     (widths 16w, 32w, 64w; strides 1, 2, 2), final BN-LReLU, global average pool, Linear head.
 
@@ -74,8 +75,8 @@ class WideResNet(nn.Module):
     - the rotation head (`rot`, Linear(64w, 4)), never used by these methods, is left out, and `forward`
       returns the logits tensor only (the reference returns a tuple and `squeeze()`s batch-1 outputs).
     - no `update_batch_stats` switch (use `model.eval()`/BN momentum handling in the caller instead).
-    Conv init is kaiming_normal_(fan_out, leaky_relu with a=0), whose gain sqrt(2) equals the reference's
-    `nonlinearity="relu"`; BN weight 1, bias 0; Linear xavier_normal_, bias 0.
+    Init as the reference (`base.reference_init`): kaiming_normal_(fan_out, ReLU gain) convs; BN weight 1,
+    bias 0; Linear xavier_normal_, bias 0.
     """
 
     def __init__(
@@ -114,31 +115,12 @@ class WideResNet(nn.Module):
                 )
             groups.append(nn.Sequential(*blocks))
         self.groups = nn.Sequential(*groups)
-        self.final_bn = nn.BatchNorm2d(widths[3], momentum=bn_momentum, eps=bn_eps)
-        self.final_act = nn.LeakyReLU(negative_slope)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = widths[3]
-        self.head = nn.Linear(widths[3], num_classes)
-        self._init_weights()
+        final_bn = nn.BatchNorm2d(widths[3], momentum=bn_momentum, eps=bn_eps)
+        self._make_ending(widths[3], num_classes, nn.LeakyReLU(negative_slope), final_bn)
+        reference_init(self)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features [N, num_features] (after the final BN-LReLU), i.e. the head's input."""
-        x = self.groups(self.stem(x))
-        return torch.flatten(self.pool(self.final_act(self.final_bn(x))), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.groups(self.stem(x))
 
 
 @register_model("wrn")

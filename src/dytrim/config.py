@@ -62,12 +62,30 @@ class AugConfig:
 class SSLConfig:
     """The base semi-supervised algorithm and its pseudo-label rule."""
 
-    name: str = "fixmatch"  # fixmatch | supervised
+    name: str = "fixmatch"  # fixmatch | flexmatch | freematch | supervised
     hard_label: bool = True  # one-hot argmax targets (FixMatch) or soft softmax targets (reference code)
     p_cutoff: float = 0.95  # confidence threshold tau (reference code: 0)
     temperature: float = 1.0  # softmax temperature of soft targets
     lambda_u: float = 1.0
     n_strong: int = 1  # strong views per unlabeled image (reference code: 2)
+    thresh_warmup: bool = True  # FlexMatch: count never-predicted samples in the normaliser (warm-up)
+    ema_p: float = 0.999  # FreeMatch: EMA momentum of the global/local thresholds and histograms
+    lambda_e: float = 0.001  # FreeMatch: weight of the self-adaptive fairness loss (USB CIFAR-10 config)
+
+
+@dataclass
+class DebiasConfig:
+    """Debiasing components stacked on the SSL base, applied in the listed order (see dytrim.debias)."""
+
+    methods: list[str] = field(default_factory=list)  # logit_adjust, logit_adjust_posthoc, reweight, resample, cdmad
+    la_tau: float = 1.0  # logit adjustment strength tau (offsets tau * log pi, pi = labeled class prior)
+    la_unlabeled: bool = False  # loss-form LA also on the strong-view (consistency) logits
+    reweight_kind: str = "inverse"  # inverse: 1/n_c | effective: (1 - beta) / (1 - beta^n_c)
+    reweight_beta: float = 0.999
+    reweight_unlabeled: bool = False  # also weight pseudo-labeled samples by their predicted class
+    resample_kind: str = "inverse"  # class-aware labeled sampling weights, same kinds as reweight_kind
+    baseline: str = "zeros"  # baseline image I in the normalised input space: zeros (DyTrim) | ones (CDMAD)
+    start: int = 0  # step after which CDMAD subtracts z(I) from the weak-view logits (reference: 100 epochs)
 
 
 @dataclass
@@ -113,6 +131,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    debias: DebiasConfig = field(default_factory=DebiasConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -123,11 +142,14 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "mnist10k"),
     "data.pool": ("paper", "disjoint"),
-    "ssl.name": ("fixmatch", "supervised"),
+    "ssl.name": ("fixmatch", "flexmatch", "freematch", "supervised"),
     "optim.name": ("adam", "sgd"),
     "optim.schedule": ("constant", "cosine"),
     "optim.ema_buffers": ("ema", "copy"),
     "train.forward": ("separate", "joint"),
+    "debias.reweight_kind": ("inverse", "effective"),
+    "debias.resample_kind": ("inverse", "effective"),
+    "debias.baseline": ("zeros", "ones"),
 }
 
 
@@ -158,6 +180,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if value is None and type(None) in args:
             return None
         ann = next(a for a in args if a is not type(None))
+    if typing.get_origin(ann) is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"config key '{key}' expects a list of names (YAML list or a,b,c), got {value!r}")
     if ann is bool:
         if isinstance(value, bool):
             return value
@@ -179,7 +207,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 
 def _resolve(annotation: Any) -> Any:
     if isinstance(annotation, str):
-        return eval(annotation, {**vars(typing), "bool": bool, "int": int, "float": float, "str": str})
+        return eval(annotation, {**vars(typing), "bool": bool, "int": int, "float": float, "str": str, "list": list})
     return annotation
 
 
@@ -307,6 +335,8 @@ def validate(cfg: RunConfig) -> None:
     _check(s.temperature > 0, "ssl.temperature", f"must be > 0; got {s.temperature}")
     _check(s.lambda_u >= 0, "ssl.lambda_u", f"must be >= 0; got {s.lambda_u}")
     _check(s.n_strong >= 1, "ssl.n_strong", f"must be >= 1; got {s.n_strong}")
+    _check(0 <= s.ema_p < 1, "ssl.ema_p", f"must be in [0, 1); got {s.ema_p}")
+    _check(s.lambda_e >= 0, "ssl.lambda_e", f"must be >= 0; got {s.lambda_e}")
     _check(o.lr > 0, "optim.lr", f"must be > 0; got {o.lr}")
     _check(0 <= o.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1); got {o.ema_decay}")
     _check(o.ema_wd >= 0 and o.ema_wd * o.lr < 1, "optim.ema_wd", "must be >= 0 with ema_wd * lr < 1")
@@ -325,11 +355,21 @@ def validate(cfg: RunConfig) -> None:
         "train.device",
         f"must be auto, cpu, cuda or cuda:N; got '{t.device}'",
     )
+    from dytrim.debias import COMPONENTS  # local import: components import torch
+
+    for m in cfg.debias.methods:
+        if m not in COMPONENTS:
+            close = difflib.get_close_matches(m, COMPONENTS.names(), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"debias.methods: unknown method '{m}'.{hint} Known: {', '.join(COMPONENTS.names())}")
+    _check(len(set(cfg.debias.methods)) == len(cfg.debias.methods), "debias.methods", "a method is listed twice")
+    _check(0 < cfg.debias.reweight_beta < 1, "debias.reweight_beta", "must be in (0, 1)")
+    _check(cfg.debias.start >= 0, "debias.start", f"must be >= 0; got {cfg.debias.start}")
     _check(a.pad >= 0 and a.cutout >= 0 and a.n_ops >= 0, "aug", "pad, cutout and n_ops must be >= 0")
     _check(0 <= a.magnitude <= 30, "aug.magnitude", f"must be in [0, 30]; got {a.magnitude}")
-    if s.name == "fixmatch":
-        _check(t.uratio >= 1, "train.uratio", "fixmatch needs unlabeled images: set uratio >= 1")
-        _check(d.m1 >= 1, "data.m1", "fixmatch needs unlabeled images: set data.m1 >= 1")
+    if s.name != "supervised":
+        _check(t.uratio >= 1, "train.uratio", f"{s.name} needs unlabeled images: set uratio >= 1")
+        _check(d.m1 >= 1, "data.m1", f"{s.name} needs unlabeled images: set data.m1 >= 1")
     from dytrim.models import list_models  # local import: models import torch
 
     if cfg.model.name not in list_models():

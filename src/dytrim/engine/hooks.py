@@ -40,9 +40,24 @@ class StepOutput:
 
 
 class Component:
-    """A debiasing/pruning component. Every hook is a no-op by default."""
+    """A debiasing/pruning component. Every hook is a no-op by default.
+
+    Order within a step: before_step -> weight -> (forward) -> pseudo_logits -> weight_unlabeled ->
+    train_logits -> (loss, backward, optimiser, EMA) -> observe. At evaluation: eval_logits, chained
+    over the components in config order.
+    """
 
     name = "component"
+
+    def bind(self, trainer: Any) -> None:
+        """Called once with the Trainer before training (model, EMA, data, config are reachable)."""
+
+    def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> Any | None:
+        """Replace the labeled sampler (re-sampling); None keeps the default epoch sampler."""
+        return None
+
+    def before_step(self, step: int) -> None:
+        """Start of a step, before any forward pass (CDMAD takes the baseline-image logits here)."""
 
     def pseudo_logits(self, logits_w: torch.Tensor, step: int) -> torch.Tensor:
         """Adjust weak-view logits before pseudo-labels are formed (CDMAD)."""
@@ -55,11 +70,14 @@ class Component:
     def weight(self, batch: Batch, step: int) -> None:
         """Scale batch.w_lb / batch.w_ulb in place (re-weighting, soft pruning)."""
 
+    def weight_unlabeled(self, batch: Batch, targets: torch.Tensor, mask: torch.Tensor, step: int) -> None:
+        """Scale batch.w_ulb in place once pseudo-labels exist (re-weighting by predicted class)."""
+
     def observe(self, batch: Batch, out: StepOutput, step: int) -> None:
         """See the step's per-sample results after the update (scores, statistics)."""
 
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor | None:
-        """Debiased test logits, or None if this component does not change predictions."""
+        """Debiased test logits of the EMA model, or None if this component does not change predictions."""
         return None
 
     def state_dict(self) -> dict[str, Any]:

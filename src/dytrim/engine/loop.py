@@ -19,6 +19,8 @@ from tqdm import tqdm
 from dytrim.config import RunConfig, dump_yaml
 from dytrim.data.augment import normalize, strong_augment, weak_augment
 from dytrim.data.sources import LTData, load_data
+from dytrim.debias import create_components
+from dytrim.debias.baseline import baseline_image, prior_probe
 from dytrim.engine import runlog
 from dytrim.engine.checkpoint import atomic_write_text, load_latest, save_checkpoint
 from dytrim.engine.ema import EMATeacher
@@ -61,12 +63,19 @@ class Trainer:
         self.ema = EMATeacher(self.model, cfg.optim.ema_decay, cfg.optim.ema_buffers)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ssl = create_ssl(cfg.ssl, d.num_classes, len(d.ulb_idx))
-        self.components = list(components or [])
-        self.lb_sampler = EpochSampler(len(d.lb_idx), cfg.train.batch_size, cfg.seed * 1000 + 1)
+        self.components = create_components(cfg, d.split.lb_counts) + list(components or [])
+        lb_seed, lb_labels = cfg.seed * 1000 + 1, d.y_train[d.lb_idx]
+        custom = [s for c in self.components if (s := c.labeled_sampler(lb_labels, cfg.train.batch_size, lb_seed))]
+        self.lb_sampler = custom[0] if custom else EpochSampler(len(d.lb_idx), cfg.train.batch_size, lb_seed)
         self.ulb_sampler = EpochSampler(
             len(d.ulb_idx), max(1, cfg.train.batch_size * cfg.train.uratio), cfg.seed * 1000 + 2
         )
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 3)
+        counts = torch.tensor(d.split.lb_counts, dtype=torch.float64)
+        self.lb_prior = counts / counts.sum()
+        self.probe_image = baseline_image(cfg.debias.baseline, d.in_channels, *d.x_train.shape[2:], self.device)
+        for c in self.components:
+            c.bind(self)
         self.step = 0
         self.train_s = 0.0  # wall time spent in training steps (evaluation excluded)
         self.wall_s = 0.0  # total wall time of the run, carried across resumes
@@ -112,6 +121,8 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         cfg, step = self.cfg, self.step
+        for c in self.components:
+            c.before_step(step)
         batch = self._views()
         for c in self.components:
             c.weight(batch, step)
@@ -134,6 +145,8 @@ class Trainer:
             for c in self.components:
                 logits_w = c.pseudo_logits(logits_w, step)
             targets, mask = self.ssl.pseudo_targets(logits_w, batch.ulb_pos)
+            for c in self.components:
+                c.weight_unlabeled(batch, targets, mask, step)
             per_view = []
             for z in logits_s:
                 for c in self.components:
@@ -178,12 +191,15 @@ class Trainer:
             self.ema.model, x, d.mean, d.std, self.cfg.train.eval_batch_size, self.cfg.model.channels_last
         )
         row = classification_metrics(logits.argmax(-1), y, d.num_classes, d.split.lb_counts)
-        for c in self.components:
-            adjusted = c.eval_logits(logits)
-            if adjusted is not None:
-                row |= classification_metrics(adjusted.argmax(-1), y, d.num_classes, d.split.lb_counts, "_debiased")
+        adjusted, changed = logits, False
+        for c in self.components:  # debiased predictions: the eval-logit hooks chained in config order
+            out = c.eval_logits(adjusted)
+            if out is not None:
+                adjusted, changed = out, True
+        if changed:
+            row |= classification_metrics(adjusted.argmax(-1), y, d.num_classes, d.split.lb_counts, "_debiased")
         row["eval_n"] = len(y)
-        return row
+        return row | prior_probe(self.ema.model, self.probe_image, self.lb_prior)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""CDMAD (Lee & Kim, CVPR 2024): debias pseudo-labels and predictions by the baseline image's logits.
+
+Training (reference `fixmatchcdmad.py`): each step, z(I) from the training-mode network with no
+gradient, taken before the weak forward pass (its BN statistics are those of the one constant image,
+and like the reference it updates the running buffers); after `debias.start` steps, pseudo-labels
+come from z(weak u) − z(I). Test: argmax z(x) − z(I) with the eval-mode EMA model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dytrim.config import RunConfig
+from dytrim.debias import COMPONENTS
+from dytrim.debias.baseline import baseline_image
+from dytrim.engine.hooks import Component
+
+
+@COMPONENTS.register("cdmad")
+class CDMAD(Component):
+    """Subtracts z(I) from weak-view logits after the debias start and from test logits."""
+
+    name = "cdmad"
+
+    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
+        self.kind = cfg.debias.baseline
+        self.start = cfg.debias.start
+        self.z_I: torch.Tensor | None = None
+        self.trainer: Any = None
+
+    def bind(self, trainer: Any) -> None:
+        self.trainer = trainer
+        x = trainer.data.x_train
+        self.image = baseline_image(self.kind, x.shape[1], x.shape[2], x.shape[3], trainer.device)
+
+    def before_step(self, step: int) -> None:
+        model = self.trainer.model
+        with torch.no_grad():
+            self.z_I = model(self.image)[0].float()  # train mode, as the reference
+
+    def pseudo_logits(self, logits_w: torch.Tensor, step: int) -> torch.Tensor:
+        if step >= self.start and self.z_I is not None:
+            return logits_w - self.z_I.to(logits_w.dtype)
+        return logits_w
+
+    def eval_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        ema = self.trainer.ema.model
+        was = ema.training
+        ema.eval()
+        with torch.no_grad():
+            z = ema(self.image)[0].float()
+        ema.train(was)
+        return logits - z

@@ -1,0 +1,44 @@
+"""Class-aware re-sampling of labeled batches: draws with replacement, class c with total mass ∝ n_c·w_c."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dytrim.config import RunConfig
+from dytrim.debias import COMPONENTS
+from dytrim.debias.reweight import class_weights
+from dytrim.engine.hooks import Component
+
+
+class ClassAwareSampler:
+    """Positions drawn i.i.d. with replacement, each sample weighted by its class weight (DASO's
+    ClassAwareSampler): with inverse weights every class is equally likely per draw."""
+
+    def __init__(self, labels: torch.Tensor, class_w: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.p = class_w.double()[labels.cpu()]
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def next(self) -> torch.Tensor:
+        return torch.multinomial(self.p, self.batch_size, replacement=True, generator=self.gen)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+
+
+@COMPONENTS.register("resample")
+class ReSample(Component):
+    """Replaces the labeled sampler by a class-aware one."""
+
+    name = "resample"
+
+    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
+        self.w = class_weights(lb_counts, cfg.debias.resample_kind, cfg.debias.reweight_beta)
+
+    def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> ClassAwareSampler:
+        return ClassAwareSampler(labels, self.w, batch_size, seed)

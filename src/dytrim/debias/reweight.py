@@ -1,0 +1,35 @@
+"""Class-balanced re-weighting of per-sample losses (Cui et al. 2019; DASO's cost-sensitive CE)."""
+
+from __future__ import annotations
+
+import torch
+
+from dytrim.config import RunConfig
+from dytrim.debias import COMPONENTS
+from dytrim.engine.hooks import Batch, Component
+
+
+def class_weights(counts: list[int], kind: str = "inverse", beta: float = 0.999) -> torch.Tensor:
+    """Per-class weights normalised to sum C: 1/n_c ("inverse") or (1-β)/(1-β^n_c) ("effective")."""
+    n = torch.tensor(counts, dtype=torch.float64).clamp_min(1)
+    w = 1.0 / n if kind == "inverse" else (1.0 - beta) / (1.0 - beta**n)
+    return (w * len(counts) / w.sum()).float()
+
+
+@COMPONENTS.register("reweight")
+class ReWeight(Component):
+    """Multiplies labeled losses by w[y]; with debias.reweight_unlabeled, pseudo-labeled losses by
+    w[predicted class]."""
+
+    name = "reweight"
+
+    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
+        self.w = class_weights(lb_counts, cfg.debias.reweight_kind, cfg.debias.reweight_beta)
+        self.unlabeled = cfg.debias.reweight_unlabeled
+
+    def weight(self, batch: Batch, step: int) -> None:
+        batch.w_lb = batch.w_lb * self.w.to(batch.w_lb.device)[batch.y_lb]
+
+    def weight_unlabeled(self, batch: Batch, targets: torch.Tensor, mask: torch.Tensor, step: int) -> None:
+        if self.unlabeled and batch.w_ulb is not None:
+            batch.w_ulb = batch.w_ulb * self.w.to(targets.device)[targets.argmax(dim=-1)]

@@ -1,0 +1,157 @@
+"""Debiasing rules on constructed tensors with hand-computed answers, and their wiring in the loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dytrim.config import ConfigError, load_config
+from dytrim.debias.baseline import baseline_image, baseline_logits, kl
+from dytrim.debias.cdmad import CDMAD
+from dytrim.debias.logit_adjust import LogitAdjustLoss, LogitAdjustPosthoc, log_prior_offsets
+from dytrim.debias.resample import ClassAwareSampler
+from dytrim.debias.reweight import ReWeight, class_weights
+from dytrim.engine.hooks import Batch
+
+COUNTS = [60, 30, 10]  # prior 0.6, 0.3, 0.1
+
+
+def _cfg(*overrides: str):
+    return load_config("mnist-lt-fixmatch", list(overrides))
+
+
+def test_logit_adjust_offsets_and_forms() -> None:
+    off = log_prior_offsets(COUNTS, 1.0)
+    assert torch.allclose(off, torch.tensor([math.log(0.6), math.log(0.3), math.log(0.1)]), atol=1e-6)
+    assert torch.allclose(log_prior_offsets(COUNTS, 2.0), torch.log(torch.tensor([0.36, 0.09, 0.01])), atol=1e-6)
+    z = torch.zeros(2, 3)
+    la = LogitAdjustLoss(_cfg("debias.la_tau=1.0"), COUNTS)
+    assert torch.allclose(la.train_logits(z, True, 0), off.expand(2, 3))
+    assert torch.equal(la.train_logits(z, False, 0), z)  # consistency logits untouched by default
+    la_u = LogitAdjustLoss(_cfg("debias.la_unlabeled=true"), COUNTS)
+    assert torch.allclose(la_u.train_logits(z, False, 0), off.expand(2, 3))
+    post = LogitAdjustPosthoc(_cfg(), COUNTS)
+    # equal logits: the post-hoc prediction picks the rarest class
+    assert post.eval_logits(z).argmax(-1).tolist() == [2, 2]
+
+
+def test_class_balanced_weights() -> None:
+    w = class_weights(COUNTS, "inverse")
+    inv = torch.tensor([1 / 60, 1 / 30, 1 / 10])
+    assert torch.allclose(w, inv * 3 / inv.sum())
+    assert w.sum().item() == pytest.approx(3.0)
+    b = 0.999
+    eff = torch.tensor([(1 - b) / (1 - b**n) for n in COUNTS])
+    assert torch.allclose(class_weights(COUNTS, "effective", b), eff * 3 / eff.sum())
+
+
+def test_reweight_scales_labeled_and_pseudo_labeled_losses() -> None:
+    rw = ReWeight(_cfg("debias.reweight_unlabeled=true"), COUNTS)
+    batch = Batch(lb_pos=torch.arange(3), x_lb=torch.zeros(3, 1, 2, 2), y_lb=torch.tensor([0, 1, 2]),
+                  w_lb=torch.ones(3), w_ulb=torch.ones(2))
+    rw.weight(batch, 0)
+    assert torch.allclose(batch.w_lb, class_weights(COUNTS))
+    targets = torch.tensor([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1]])
+    rw.weight_unlabeled(batch, targets, torch.ones(2), 0)
+    w = class_weights(COUNTS)
+    assert torch.allclose(batch.w_ulb, torch.stack([w[2], w[0]]))
+
+
+def test_class_aware_sampler_balances_classes() -> None:
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    s = ClassAwareSampler(labels, class_weights(COUNTS, "inverse"), batch_size=64, seed=0)
+    draws = torch.cat([s.next() for _ in range(500)])  # 32,000 draws
+    freq = torch.bincount(labels[draws], minlength=3).double() / len(draws)
+    assert torch.allclose(freq, torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.01)
+    within = torch.bincount(draws[labels[draws] == 2] - 90, minlength=10).double()
+    assert within.min() > 0  # every tail sample is drawn
+    state = s.state_dict()
+    a = s.next()
+    s.load_state_dict(state)
+    assert torch.equal(s.next(), a)
+
+
+class _Const(torch.nn.Module):
+    """A 'network' whose logits are a fixed vector plus the input mean (to tell images apart)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([2.0, 1.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias + x.mean(dim=(1, 2, 3), keepdim=False)[:, None]
+
+
+class _FakeTrainer:
+    def __init__(self) -> None:
+        self.model = _Const()
+
+        class _E:
+            model = _Const()
+
+        self.ema = _E()
+        self.ema.model.bias.data = torch.tensor([0.5, 0.0, -0.5])
+        self.device = torch.device("cpu")
+
+        class _D:
+            x_train = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+
+        self.data = _D()
+
+
+def test_cdmad_subtraction_and_start_switch() -> None:
+    c = CDMAD(_cfg("debias.methods=cdmad", "debias.start=5", "debias.baseline=ones"), COUNTS)
+    c.bind(_FakeTrainer())
+    assert torch.equal(c.image, torch.ones(1, 1, 4, 4))
+    c.before_step(0)
+    assert torch.allclose(c.z_I, torch.tensor([3.0, 2.0, 1.0]))  # bias + mean(ones)
+    z = torch.tensor([[3.0, 2.5, 1.0]])
+    assert torch.equal(c.pseudo_logits(z, 4), z)  # before the debias start: untouched
+    assert torch.allclose(c.pseudo_logits(z, 5), torch.tensor([[0.0, 0.5, 0.0]]))
+    # test time: the EMA model's z(I) = [0.5, 0, -0.5] + 1
+    assert torch.allclose(c.eval_logits(torch.zeros(1, 3)), -torch.tensor([[1.5, 1.0, 0.5]]))
+
+
+def test_baseline_image_and_probe_modes() -> None:
+    assert baseline_image("zeros", 3, 2, 2, "cpu").abs().sum() == 0
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.LazyLinear(3))
+    net(torch.randn(8, 1, 6, 6))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    image = torch.randn(1, 1, 6, 6)
+    baseline_logits(net, image, "train")
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # train-mode probe leaves BN buffers alone
+    assert net.training  # mode restored
+    assert kl(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.0
+    assert kl(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])) == pytest.approx(math.log(2))
+
+
+def test_unknown_method_suggests() -> None:
+    with pytest.raises(ConfigError, match="cdmad"):
+        _cfg("debias.methods=cdmd")
+    with pytest.raises(ConfigError, match="twice"):
+        _cfg("debias.methods=cdmad,cdmad")
+
+
+@pytest.mark.parametrize("methods", ["cdmad", "logit_adjust,logit_adjust_posthoc", "reweight", "resample",
+                                     "cdmad,logit_adjust"])
+def test_short_run_logs_probe_and_debiased_metrics(tmp_path, methods) -> None:
+    from dytrim.cli import main
+
+    out = tmp_path / "r"
+    assert main(["train", "--preset", "mnist-lt-fixmatch", "--set", f"debias.methods={methods}", "--set",
+                 "debias.start=5", "--set", "train.steps=10", "--set", "train.eval_every=10", "--set",
+                 "train.progress=false", "--out", str(out)]) == 0
+    import json
+
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert len(row["prior_baseline"]) == 10 and sum(row["prior_baseline"]) == pytest.approx(1, abs=1e-4)
+    assert "kl_prior_labeled" in row and "kl_prior_uniform" in row
+    changes_predictions = "cdmad" in methods or "posthoc" in methods
+    assert ("bacc_debiased" in row) == changes_predictions
+    summary = json.loads((out / "summary.json").read_text())
+    assert ("bacc_debiased" in summary) == changes_predictions

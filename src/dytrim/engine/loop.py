@@ -1,8 +1,10 @@
 """The one training loop. Read it top to bottom: `train_step` is the whole method.
 
-Order of a step (STYLE.md habit 1): sample -> weak/strong views -> pseudo-label logits (component
-hooks, e.g. CDMAD) -> targets and mask (SSL algorithm) -> supervised logits and weights -> per-sample
-losses -> backward -> optimiser -> EMA -> observe (components). Evaluation uses the EMA model.
+Order of a step (STYLE.md habit 1; component hooks in brackets): [before_step] -> sample -> weak/strong
+views -> [weight] -> forward passes -> [pseudo_logits] (e.g. CDMAD) -> targets and mask (SSL algorithm)
+-> [weight_unlabeled] -> [train_logits] (e.g. logit adjustment) -> per-sample losses x weights ->
+backward -> optimiser -> EMA -> [observe]. Evaluation uses the EMA model; [eval_logits] give the
+debiased predictions, and every evaluation probes the baseline image.
 """
 
 from __future__ import annotations

@@ -1,0 +1,110 @@
+"""Accuracy benchmark: train a named set of presets over seeds (or reuse finished runs) and tabulate.
+
+    python benchmarks/accuracy.py --name cifar10lt-debias --data-root ../shared/data --seeds 0,1 \
+        --presets cpu-cifar10lt-fixmatch,cpu-cifar10lt-la,cpu-cifar10lt-reweight,cpu-cifar10lt-cdmad
+
+Run directories go to <runs-dir>/<preset>/seed<k>; one that already holds a summary.json is reused, not
+retrained (so a table can be grown run by run). Writes benchmarks/results/accuracy-<name>.md and a JSON
+twin: per preset, mean ± std over seeds of bACC and GM on the full test set (final evaluation), raw and
+debiased, and of the mean of the last 20 evaluations; plus the baseline-image probe at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_one(preset: str, seed: int, out: Path, data_root: str, extra: list[str]) -> dict[str, Any]:
+    if not (out / "summary.json").exists():
+        cmd = [sys.executable, "-m", "dytrim", "train", "--preset", preset, "--set", f"seed={seed}",
+               "--set", f"data.root={data_root}", "--set", "train.progress=false", *extra, "--out", str(out)]
+        if out.exists():  # an interrupted run: continue it
+            cmd = [sys.executable, "-m", "dytrim", "train", "--resume", str(out)]
+        subprocess.run(cmd, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    final = summary.get("full_test", rows[-1])
+    rec: dict[str, Any] = {"preset": preset, "seed": seed, "dir": str(out), "steps": summary["steps"],
+                           "wall_s": summary["wall_s"]}
+    for key in ("bacc", "gm", "bacc_debiased", "gm_debiased"):
+        if key in final:
+            rec[f"{key}_final"] = final[key]
+            rec[f"{key}_mean_last20"] = summary[key]["mean_last20"]
+    for key in ("kl_prior_labeled", "kl_prior_labeled_trainmode", "prior_baseline", "prior_baseline_trainmode"):
+        rec[key] = final.get(key)
+    return rec
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    m = 100 * statistics.fmean(values)
+    s = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{m:.2f} ± {s:.2f}" if len(values) > 1 else f"{m:.2f} (1 seed)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--presets", required=True, help="comma-separated preset names")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--data-root", default="../shared/data")
+    ap.add_argument("--runs-dir", default="runs/accuracy")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    presets = [p for p in args.presets.split(",") if p]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    extra = [x for o in args.overrides for x in ("--set", o)]
+    records = [
+        run_one(p, s, Path(args.runs_dir) / p / f"seed{s}", args.data_root, extra) for p in presets for s in seeds
+    ]
+    lines = [
+        f"# Accuracy: {args.name}",
+        "",
+        f"- command: `python {shlex.join(sys.argv)}`",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.machine()}, "
+        f"python {platform.python_version()}",
+        "- EMA model. `final` = the final evaluation on the whole test set; `last20` = mean of the last 20 "
+        "intermediate evaluations (on the preset's test subset). Mean ± std over seeds. Debiased = predictions "
+        "after the run's eval-logit hooks (CDMAD: z(x) − z(I)).",
+        "",
+        "| preset | seeds | bACC final | GM final | bACC debiased final | GM debiased final | bACC last20 | "
+        "bACC debiased last20 | KL(π(I) ‖ prior) eval / train BN |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in presets:
+        rs = [r for r in records if r["preset"] == p]
+
+        def col(key: str, rs: list[dict[str, Any]] = rs) -> str:
+            return mean_std([r[key] for r in rs if key in r])
+
+        kls = " / ".join(
+            f"{statistics.fmean(r[k] for r in rs):.3f}" for k in ("kl_prior_labeled", "kl_prior_labeled_trainmode")
+        )
+        lines.append(
+            f"| {p} | {','.join(str(r['seed']) for r in rs)} | {col('bacc_final')} | {col('gm_final')} | "
+            f"{col('bacc_debiased_final')} | {col('gm_debiased_final')} | {col('bacc_mean_last20')} | "
+            f"{col('bacc_debiased_mean_last20')} | {kls} |"
+        )
+    lines += ["", "Per run:", "", "| preset | seed | steps | wall s | run dir |", "|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['seed']} | {r['steps']} | {r['wall_s']:.0f} | `{r['dir']}` |" for r in records]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"accuracy-{args.name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"accuracy-{args.name}.json").write_text(json.dumps(records, indent=1) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

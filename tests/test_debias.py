@@ -155,3 +155,19 @@ def test_short_run_logs_probe_and_debiased_metrics(tmp_path, methods) -> None:
     assert ("bacc_debiased" in row) == changes_predictions
     summary = json.loads((out / "summary.json").read_text())
     assert ("bacc_debiased" in summary) == changes_predictions
+
+
+def test_cdmad_test_bn_mode_selects_the_probe() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    net(torch.randn(16, 1, 4, 4) * 3 + 1)  # running statistics far from the constant image's own
+    trainer = _FakeTrainer()
+    trainer.ema.model = net
+    outs = {}
+    for mode in ("eval", "train"):
+        c = CDMAD(_cfg("debias.methods=cdmad", f"debias.test_bn={mode}"), COUNTS)
+        c.bind(trainer)
+        outs[mode] = c.eval_logits(torch.zeros(1, 3))
+        assert torch.allclose(outs[mode], -baseline_logits(net, c.image, mode)[None])
+    assert not torch.allclose(outs["eval"], outs["train"])

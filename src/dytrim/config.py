@@ -86,6 +86,7 @@ class DebiasConfig:
     resample_kind: str = "inverse"  # class-aware labeled sampling weights, same kinds as reweight_kind
     baseline: str = "zeros"  # baseline image I in the normalised input space: zeros (DyTrim) | ones (CDMAD)
     start: int = 0  # step after which CDMAD subtracts z(I) from the weak-view logits (reference: 100 epochs)
+    test_bn: str = "eval"  # BN mode of the EMA model's z(I) at test: eval (reference) | train (the image's own stats)
 
 
 @dataclass
@@ -150,6 +151,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "debias.reweight_kind": ("inverse", "effective"),
     "debias.resample_kind": ("inverse", "effective"),
     "debias.baseline": ("zeros", "ones"),
+    "debias.test_bn": ("eval", "train"),
 }
 
 

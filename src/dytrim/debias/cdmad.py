@@ -3,7 +3,9 @@
 Training (reference `fixmatchcdmad.py`): each step, z(I) from the training-mode network with no
 gradient, taken before the weak forward pass (its BN statistics are those of the one constant image,
 and like the reference it updates the running buffers); after `debias.start` steps, pseudo-labels
-come from z(weak u) − z(I). Test: argmax z(x) − z(I) with the eval-mode EMA model.
+come from z(weak u) − z(I). Test: argmax z(x) − z(I) with the EMA model, its BN in eval mode as the
+reference (running statistics) or, with `debias.test_bn=train`, in train mode (the image's own
+statistics, as during training; running buffers untouched).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from dytrim.config import RunConfig
 from dytrim.debias import COMPONENTS
-from dytrim.debias.baseline import baseline_image
+from dytrim.debias.baseline import baseline_image, baseline_logits
 from dytrim.engine.hooks import Component
 
 
@@ -27,6 +29,7 @@ class CDMAD(Component):
     def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
         self.kind = cfg.debias.baseline
         self.start = cfg.debias.start
+        self.test_bn = cfg.debias.test_bn
         self.z_I: torch.Tensor | None = None
         self.trainer: Any = None
 
@@ -46,10 +49,5 @@ class CDMAD(Component):
         return logits_w
 
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        ema = self.trainer.ema.model
-        was = ema.training
-        ema.eval()
-        with torch.no_grad():
-            z = ema(self.image)[0].float()
-        ema.train(was)
-        return logits - z
+        """z(x) − z(I), with z(I) from the EMA model in BN mode `debias.test_bn` (reference: eval)."""
+        return logits - baseline_logits(self.trainer.ema.model, self.image, self.test_bn).to(logits.dtype)

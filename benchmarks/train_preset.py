@@ -27,15 +27,17 @@ def main() -> int:
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--out", default=None, help="run directory (default runs/bench-<preset>)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--record-only", action="store_true", help="do not train: record the finished run in --out")
     args = ap.parse_args()
     out = Path(args.out or f"runs/bench-{args.preset}")
-    if out.exists():
+    if out.exists() and not args.record_only:
         shutil.rmtree(out)
     cmd = ["dytrim", "train", "--preset", args.preset, "--set", f"data.root={args.data_root}", "--out", str(out)]
     for o in args.overrides:
         cmd += ["--set", o]
     started = dt.datetime.now(dt.timezone.utc)
-    subprocess.run([sys.executable, "-m", "dytrim", *cmd[1:]], check=True)
+    if not args.record_only:
+        subprocess.run([sys.executable, "-m", "dytrim", *cmd[1:]], check=True)
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     run = json.loads((out / "run.json").read_text())
@@ -46,12 +48,13 @@ def main() -> int:
     def pct(x: float) -> str:
         return f"{100 * x:.2f}"
 
+    driver = [a for a in sys.argv if a != "--record-only"]
     lines = [
         f"# `{args.preset}`: one training run on the real data",
         "",
-        f"- command: `{shlex.join(cmd)}` (driven by `python {shlex.join(sys.argv)}`)",
-        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.machine()}, {run['machine']}, "
-        f"torch {run['torch']}, git {run['git_rev']}",
+        f"- command: `{shlex.join(cmd)}` (driven by `python {shlex.join(driver)}`)",
+        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')} ({'recorded' if args.record_only else 'started'}); "
+        f"machine: {platform.machine()}, {run['machine']}, torch {run['torch']}, git {run['git_rev']}",
         f"- split (labeled / unlabeled pool / test per class): {run['counts']}",
         f"- wall time {summary['wall_s']:.0f} s (training {summary['train_s']:.0f} s), "
         f"{summary['images_per_s']:.0f} training images/s, {summary['steps']} steps",
@@ -64,14 +67,20 @@ def main() -> int:
         "|---|---|---|---|---|---|",
     ]
     full = summary.get("full_test", rows[-1])
-    for key in ("bacc", "gm", "acc", "many", "medium", "few"):
+    for key in ("bacc", "gm", "acc", "many", "medium", "few", "bacc_debiased", "gm_debiased"):
         if key in summary:
             s = summary[key]
             lines.append(
                 f"| {key} | {pct(s['last'])} | {pct(s['best'])} | {pct(s['mean_last20'])} | "
                 f"{pct(s['median_last20'])} | {pct(full[key])} |"
             )
-    lines += ["", f"Per-class recall, full test set: {[round(100 * r, 1) for r in full['per_class_recall']]}", ""]
+    lines += ["", f"Per-class recall, full test set: {[round(100 * r, 1) for r in full['per_class_recall']]}"]
+    if "per_class_recall_debiased" in full:
+        lines += ["", f"Debiased: {[round(100 * r, 1) for r in full['per_class_recall_debiased']]}"]
+    if "prior_baseline" in full:
+        lines += ["", f"Baseline-image probe π(I) at the end, eval-mode BN: {full['prior_baseline']}; "
+                  f"train-mode BN: {full['prior_baseline_trainmode']}"]
+    lines += [""]
     lines += [
         "| step | bACC | GM | acc | mask rate | pseudo-label acc | wall s | images/s |",
         "|---|---|---|---|---|---|---|---|",

@@ -176,7 +176,7 @@ def _unknown_key(key: str) -> ConfigError:
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against the field's annotation; ints widen to floats, nothing else converts."""
-    ann = _resolve(annotation)
+    ann = annotation
     args = typing.get_args(ann)
     if typing.get_origin(ann) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -207,12 +207,6 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"config key '{key}' expects {ann.__name__}, got {value!r} ({type(value).__name__})")
 
 
-def _resolve(annotation: Any) -> Any:
-    if isinstance(annotation, str):
-        return eval(annotation, {**vars(typing), "bool": bool, "int": int, "float": float, "str": str, "list": list})
-    return annotation
-
-
 def set_key(cfg: RunConfig, key: str, value: Any) -> None:
     """Set one dotted key, refusing unknown keys and wrong types."""
     parts = key.split(".")
@@ -225,7 +219,7 @@ def set_key(cfg: RunConfig, key: str, value: Any) -> None:
     leaf = parts[-1]
     if leaf not in fields or dataclasses.is_dataclass(getattr(node, leaf)):
         raise _unknown_key(key)
-    setattr(node, leaf, _coerce(key, value, fields[leaf].type))
+    setattr(node, leaf, _coerce(key, value, typing.get_type_hints(type(node))[leaf]))
 
 
 def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], prefix: str = "") -> None:

@@ -90,7 +90,8 @@ def main() -> int:
             return mean_std([r[key] for r in rs if key in r])
 
         kls = " / ".join(
-            f"{statistics.fmean(r[k] for r in rs):.3f}" for k in ("kl_prior_labeled", "kl_prior_labeled_trainmode")
+            f"{statistics.fmean(v):.3f}" if (v := [r[k] for r in rs if r.get(k) is not None]) else "–"
+            for k in ("kl_prior_labeled", "kl_prior_labeled_trainmode")
         )
         lines.append(
             f"| {p} | {','.join(str(r['seed']) for r in rs)} | {col('bacc_final')} | {col('gm_final')} | "

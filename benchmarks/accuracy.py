@@ -36,7 +36,9 @@ def run_one(preset: str, seed: int, out: Path, data_root: str, extra: list[str])
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     final = summary.get("full_test", rows[-1])
     rec: dict[str, Any] = {"preset": preset, "seed": seed, "dir": str(out), "steps": summary["steps"],
-                           "wall_s": summary["wall_s"]}
+                           "wall_s": summary["wall_s"], "train_s": summary.get("train_s"),
+                           "updates": summary.get("updates"), "samples_fwd": summary.get("samples_fwd"),
+                           "samples_bwd": summary.get("samples_bwd")}
     for key in ("bacc", "gm", "bacc_debiased", "gm_debiased"):
         if key in final:
             rec[f"{key}_final"] = final[key]
@@ -98,8 +100,14 @@ def main() -> int:
             f"{col('bacc_debiased_final')} | {col('gm_debiased_final')} | {col('bacc_mean_last20')} | "
             f"{col('bacc_debiased_mean_last20')} | {kls} |"
         )
-    lines += ["", "Per run:", "", "| preset | seed | steps | wall s | run dir |", "|---|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['seed']} | {r['steps']} | {r['wall_s']:.0f} | `{r['dir']}` |" for r in records]
+    lines += ["", "Per run (cost: optimiser updates and training images through forward / backward passes):", "",
+              "| preset | seed | steps | updates | images fwd | images bwd | train s | wall s | run dir |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r['preset']} | {r['seed']} | {r['steps']} | {r.get('updates') or '–'} | {r.get('samples_fwd') or '–'} | "
+        f"{r.get('samples_bwd') or '–'} | {r['train_s'] or 0:.0f} | {r['wall_s']:.0f} | `{r['dir']}` |"
+        for r in records
+    ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"accuracy-{args.name}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"accuracy-{args.name}.json").write_text(json.dumps(records, indent=1) + "\n")

@@ -80,6 +80,13 @@ def main() -> int:
     if "prior_baseline" in full:
         lines += ["", f"Baseline-image probe π(I) at the end, eval-mode BN: {full['prior_baseline']}; "
                   f"train-mode BN: {full['prior_baseline_trainmode']}"]
+    if (out / "pruning.png").exists():
+        shutil.copyfile(out / "pruning.png", RESULTS / f"{args.preset}-pruning.png")
+        p = rows[-1]["pruning"]
+        lines += ["", f"![pruning]({args.preset}-pruning.png)", "",
+                  f"Pruning at the end: r_c {p['r_c']}; labeled kept per class {p['kept_lb_per_class']}; "
+                  f"{summary.get('updates', '–')} updates, {summary.get('samples_fwd', '–')} images forward, "
+                  f"{summary.get('samples_bwd', '–')} back-propagated"]
     lines += [""]
     lines += [
         "| step | bACC | GM | acc | mask rate | pseudo-label acc | wall s | images/s |",

@@ -77,7 +77,8 @@ class SSLConfig:
 class DebiasConfig:
     """Debiasing components stacked on the SSL base, applied in the listed order (see dytrim.debias)."""
 
-    methods: list[str] = field(default_factory=list)  # logit_adjust, logit_adjust_posthoc, reweight, resample, cdmad
+    # components in order: logit_adjust, logit_adjust_posthoc, reweight, resample, cdmad, dytrim
+    methods: list[str] = field(default_factory=list)
     la_tau: float = 1.0  # logit adjustment strength tau (offsets tau * log pi, pi = labeled class prior)
     la_unlabeled: bool = False  # loss-form LA also on the strong-view (consistency) logits
     reweight_kind: str = "inverse"  # inverse: 1/n_c | effective: (1 - beta) / (1 - beta^n_c)
@@ -87,6 +88,24 @@ class DebiasConfig:
     baseline: str = "zeros"  # baseline image I in the normalised input space: zeros (DyTrim) | ones (CDMAD)
     start: int = 0  # step after which CDMAD subtracts z(I) from the weak-view logits (reference: 100 epochs)
     test_bn: str = "eval"  # BN mode of the EMA model's z(I) at test: eval (reference) | train (the image's own stats)
+
+
+@dataclass
+class PruneConfig:
+    """DyTrim's dynamic pruning (used when `dytrim` is in debias.methods; see dytrim.pruning)."""
+
+    labeled: bool = True  # class-aware hard pruning of labeled data (prune ratio r_c = pi_theta(I)_c)
+    unlabeled: bool = True  # confidence-gated soft pruning of unlabeled data (InfoBatch-style)
+    rescale: bool = True  # weight 1/keep_rate on randomly kept low-score unlabeled samples
+    keep_rate: float = 0.3  # r: keep probability of low-score, confident unlabeled samples (reference 0.3)
+    anneal: float = 0.875  # delta: after this fraction of train.steps use the full data with unit weights
+    tau: float = 0.0  # debiased-confidence gate: only samples with max softmax(z(u) - z(I)) >= tau are soft-pruned
+    score: str = "loss"  # unlabeled score: loss (masked soft CE summed over strong views) | entropy (of the weak view)
+    init_score: float = 1.0  # score of a sample never seen yet (reference 1)
+    cadence: str = "pass"  # re-prune when the kept list is exhausted (reference) | epoch: every epoch_steps steps
+    epoch_steps: int = 500  # steps per epoch for cadence=epoch (reference epoch = 500 iterations)
+    budget: str = "fixed"  # fixed: train.steps updates (reference) | shrink: the step clock advances by
+    #   |U| / |kept U| per update, so pruning saves updates (InfoBatch's shrinking epochs)
 
 
 @dataclass
@@ -133,6 +152,7 @@ class RunConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     debias: DebiasConfig = field(default_factory=DebiasConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -152,6 +172,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "debias.resample_kind": ("inverse", "effective"),
     "debias.baseline": ("zeros", "ones"),
     "debias.test_bn": ("eval", "train"),
+    "prune.score": ("loss", "entropy"),
+    "prune.cadence": ("pass", "epoch"),
+    "prune.budget": ("fixed", "shrink"),
 }
 
 
@@ -359,8 +382,18 @@ def validate(cfg: RunConfig) -> None:
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(f"debias.methods: unknown method '{m}'.{hint} Known: {', '.join(COMPONENTS.names())}")
     _check(len(set(cfg.debias.methods)) == len(cfg.debias.methods), "debias.methods", "a method is listed twice")
+    _check(
+        not {"resample", "dytrim"} <= set(cfg.debias.methods),
+        "debias.methods",
+        "resample and dytrim both replace the labeled sampler; list only one of them",
+    )
     _check(0 < cfg.debias.reweight_beta < 1, "debias.reweight_beta", "must be in (0, 1)")
     _check(cfg.debias.start >= 0, "debias.start", f"must be >= 0; got {cfg.debias.start}")
+    pr = cfg.prune
+    _check(0 < pr.keep_rate <= 1, "prune.keep_rate", f"must be in (0, 1]; got {pr.keep_rate}")
+    _check(0 <= pr.anneal <= 1, "prune.anneal", f"must be in [0, 1] (fraction of train.steps); got {pr.anneal}")
+    _check(0 <= pr.tau <= 1, "prune.tau", f"must be in [0, 1]; got {pr.tau}")
+    _check(pr.epoch_steps >= 1, "prune.epoch_steps", f"must be >= 1; got {pr.epoch_steps}")
     _check(a.pad >= 0 and a.cutout >= 0 and a.n_ops >= 0, "aug", "pad, cutout and n_ops must be >= 0")
     _check(0 <= a.magnitude <= 30, "aug.magnitude", f"must be in [0, 30]; got {a.magnitude}")
     if s.name != "supervised":

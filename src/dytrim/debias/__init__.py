@@ -5,7 +5,9 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
 - logit_adjust_posthoc: prediction, subtracting τ·log π;
 - reweight: scales K and G per sample by class weights;
 - resample: the sampling measure of labeled batches;
-- cdmad: the pseudo-label target (weak logits minus the baseline image's logits) and the prediction.
+- cdmad: the pseudo-label target (weak logits minus the baseline image's logits) and the prediction;
+- dytrim: which samples enter (class-aware labeled pruning by π_θ(I), soft unlabeled pruning) and
+  how strongly (1/r rescaling) — the sampling measure and the per-sample scale of K·G.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def create_components(cfg: RunConfig, lb_counts: list[int]) -> list[Component]:
 
 
 from dytrim.debias import cdmad as _cdmad  # noqa: E402,F401  (registers the components)
+from dytrim.debias import dytrim as _dytrim  # noqa: E402,F401
 from dytrim.debias import logit_adjust as _logit_adjust  # noqa: E402,F401
 from dytrim.debias import resample as _resample  # noqa: E402,F401
 from dytrim.debias import reweight as _reweight  # noqa: E402,F401

@@ -9,6 +9,7 @@ samples enter (and how strongly), logit hooks act on the direction of G, eval ho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,9 +43,9 @@ class StepOutput:
 class Component:
     """A debiasing/pruning component. Every hook is a no-op by default.
 
-    Order within a step: before_step -> weight -> (forward) -> pseudo_logits -> weight_unlabeled ->
-    train_logits -> (loss, backward, optimiser, EMA) -> observe. At evaluation: eval_logits, chained
-    over the components in config order.
+    Order within a step: before_step -> (samplers) -> weight -> (forward) -> pseudo_logits ->
+    weight_unlabeled -> train_logits -> (loss, backward, optimiser, EMA) -> observe -> clock_rate.
+    At evaluation: eval_logits, chained over the components in config order, then eval_fields.
     """
 
     name = "component"
@@ -55,6 +56,14 @@ class Component:
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> Any | None:
         """Replace the labeled sampler (re-sampling); None keeps the default epoch sampler."""
         return None
+
+    def unlabeled_sampler(self, n: int, batch_size: int, seed: int) -> Any | None:
+        """Replace the unlabeled sampler (pruning); None keeps the default epoch sampler."""
+        return None
+
+    def clock_rate(self) -> float:
+        """Steps of the schedule clock one update stands for (> 1 when pruning shrinks the epochs)."""
+        return 1.0
 
     def before_step(self, step: int) -> None:
         """Start of a step, before any forward pass (CDMAD takes the baseline-image logits here)."""
@@ -79,6 +88,13 @@ class Component:
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor | None:
         """Debiased test logits of the EMA model, or None if this component does not change predictions."""
         return None
+
+    def eval_fields(self) -> dict[str, Any]:
+        """Extra fields for each evaluation row of metrics.jsonl (e.g. DyTrim's `pruning`)."""
+        return {}
+
+    def on_finish(self, out_dir: Path, rows: list[dict[str, Any]]) -> None:
+        """End of training, with the run directory and all metric rows (e.g. to draw a plot)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

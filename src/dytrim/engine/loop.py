@@ -69,16 +69,20 @@ class Trainer:
         lb_seed, lb_labels = cfg.seed * 1000 + 1, d.y_train[d.lb_idx]
         custom = [s for c in self.components if (s := c.labeled_sampler(lb_labels, cfg.train.batch_size, lb_seed))]
         self.lb_sampler = custom[0] if custom else EpochSampler(len(d.lb_idx), cfg.train.batch_size, lb_seed)
-        self.ulb_sampler = EpochSampler(
-            len(d.ulb_idx), max(1, cfg.train.batch_size * cfg.train.uratio), cfg.seed * 1000 + 2
-        )
+        ulb_seed, ulb_bs = cfg.seed * 1000 + 2, max(1, cfg.train.batch_size * cfg.train.uratio)
+        custom = [s for c in self.components if (s := c.unlabeled_sampler(len(d.ulb_idx), ulb_bs, ulb_seed))]
+        self.ulb_sampler = custom[0] if custom else EpochSampler(len(d.ulb_idx), ulb_bs, ulb_seed)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 3)
         counts = torch.tensor(d.split.lb_counts, dtype=torch.float64)
         self.lb_prior = counts / counts.sum()
         self.probe_image = baseline_image(cfg.debias.baseline, d.in_channels, *d.x_train.shape[2:], self.device)
         for c in self.components:
             c.bind(self)
-        self.step = 0
+        self.step = 0  # the schedule clock: LR, evaluation, debias start and annealing read it
+        self.clock = 0.0  # its exact value; advances by 1 per update, or more when pruning shrinks epochs
+        self.updates = 0  # optimiser updates done
+        self.samples_fwd = 0  # training images through a forward pass (weak + labeled + strong views)
+        self.samples_bwd = 0  # training images whose loss was back-propagated (labeled + strong views)
         self.train_s = 0.0  # wall time spent in training steps (evaluation excluded)
         self.wall_s = 0.0  # total wall time of the run, carried across resumes
         self.samples_seen = 0
@@ -179,8 +183,13 @@ class Trainer:
         self.ema.update(self.model, cfg.optim.ema_wd * lr)
         for c in self.components:
             c.observe(batch, out, step)
-        self.step += 1
-        self.samples_seen += len(batch.lb_pos) + (len(batch.ulb_pos) if ulb else 0)
+        self.clock += max((c.clock_rate() for c in self.components), default=1.0)
+        self.step = min(int(self.clock + 1e-9), cfg.train.steps)
+        self.updates += 1
+        n_lb, n_ulb = len(batch.lb_pos), (len(batch.ulb_pos) if ulb else 0)
+        self.samples_seen += n_lb + n_ulb
+        self.samples_fwd += n_lb + n_ulb * (1 + len(batch.x_ulb_s))
+        self.samples_bwd += n_lb + n_ulb * len(batch.x_ulb_s)
         return stats | {"loss": float(loss.detach()), "lr": lr}
 
     # ------------------------------------------------------------------ evaluation
@@ -201,12 +210,19 @@ class Trainer:
         if changed:
             row |= classification_metrics(adjusted.argmax(-1), y, d.num_classes, d.split.lb_counts, "_debiased")
         row["eval_n"] = len(y)
-        return row | prior_probe(self.ema.model, self.probe_image, self.lb_prior)
+        row |= prior_probe(self.ema.model, self.probe_image, self.lb_prior)
+        for c in self.components:
+            row |= c.eval_fields()
+        return row
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "clock": self.clock,
+            "updates": self.updates,
+            "samples_fwd": self.samples_fwd,
+            "samples_bwd": self.samples_bwd,
             "train_s": self.train_s,
             "wall_s": self.wall_s,
             "samples_seen": self.samples_seen,
@@ -230,6 +246,9 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.train_s, self.wall_s = state["step"], state["train_s"], state["wall_s"]
         self.samples_seen = state["samples_seen"]
+        self.clock = float(state.get("clock", self.step))
+        self.updates = int(state.get("updates", self.step))
+        self.samples_fwd, self.samples_bwd = int(state.get("samples_fwd", 0)), int(state.get("samples_bwd", 0))
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -268,22 +287,25 @@ class Trainer:
         ckpt_every = cfg.train.ckpt_every or every  # 0 = checkpoint at every evaluation
         try:
             while self.step < t_total:
-                t0 = time.perf_counter()
+                t0, prev = time.perf_counter(), self.step
                 stats = self.train_step()
                 self.train_s += time.perf_counter() - t0
-                bar.update(1)
-                done = self.step == t_total
-                if self.step % every == 0 or done:
+                bar.update(self.step - prev)
+                done = self.step >= t_total
+                if self.step // every != prev // every or done:
                     row = {"step": self.step} | self.evaluate() | {
                         "lr": stats["lr"],
                         "loss": round(stats["loss"], 5),
                         **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
                         "wall_s": round(time.perf_counter() - start_wall, 2),
                         "images_per_s": round(self.samples_seen / max(self.train_s, 1e-9), 2),
+                        "updates": self.updates,
+                        "samples_fwd": self.samples_fwd,
+                        "samples_bwd": self.samples_bwd,
                     }
                     runlog.append_row(metrics_path, row)
                     bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{stats['loss']:.3f}")
-                if self.step % ckpt_every == 0 or done:
+                if self.step // ckpt_every != prev // ckpt_every or done:
                     self.wall_s = time.perf_counter() - start_wall
                     save_checkpoint(out, self.step, self.state_dict(), cfg.train.keep_ckpts)
         finally:
@@ -293,6 +315,7 @@ class Trainer:
         summary = runlog.summarize(rows, self.wall_s, self.step)
         summary["train_s"] = round(self.train_s, 2)
         summary["images_per_s"] = round(self.samples_seen / max(self.train_s, 1e-9), 2)
+        summary |= {"updates": self.updates, "samples_fwd": self.samples_fwd, "samples_bwd": self.samples_bwd}
         if len(self.data.eval_idx) < len(self.data.y_test):
             summary["full_test"] = self.evaluate(full=True)
         summary["notes"] = (
@@ -301,6 +324,8 @@ class Trainer:
         )
         atomic_write_text(out / "summary.json", _json(summary))
         runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts)
+        for c in self.components:
+            c.on_finish(out, rows)
         return summary
 
 

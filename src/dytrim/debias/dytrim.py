@@ -1,0 +1,188 @@
+"""DyTrim (ICLR 2026): dynamic pruning guided by the baseline image, on top of any SSL base.
+
+Per step it stores each seen sample's score (labeled: supervised loss; unlabeled: the masked soft
+cross-entropy summed over the strong views, or the weak-view entropy) and debiased confidence. Each
+time a sampler's kept list runs out (the reference cadence; or every `prune.epoch_steps` steps; the
+first pass is always the full set), a new list is chosen by `dytrim.pruning.select`: labeled data
+class-aware with prune ratio r_c = π_θ(I)_c (the labeled class frequency before `debias.start`),
+unlabeled data softly with keep rate r and weight 1/r. After `prune.anneal` of training: full data,
+unit weights. Listed with `cdmad` (the reference recipe) it reuses CDMAD's per-step z(I); alone it
+computes z(I) itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dytrim.config import RunConfig
+from dytrim.debias import COMPONENTS
+from dytrim.debias.baseline import baseline_image
+from dytrim.engine.hooks import Batch, Component, StepOutput
+from dytrim.pruning.sampler import PrunedSampler
+from dytrim.pruning.select import keep_labeled, soft_prune
+
+
+@COMPONENTS.register("dytrim")
+class DyTrim(Component):
+    """Owns the score store and both pruned samplers; weights unlabeled losses of the current pass."""
+
+    name = "dytrim"
+
+    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
+        self.p = cfg.prune
+        self.start = cfg.debias.start
+        self.total_steps = cfg.train.steps
+        self.baseline_kind = cfg.debias.baseline
+        counts = torch.tensor(lb_counts, dtype=torch.float64)
+        self.lb_prior = counts / counts.sum()
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 5)  # soft pruning's random keeps
+        self.step = 0
+        self.own_z_I: torch.Tensor | None = None
+        self.prune_ratio = self.lb_prior.clone()  # r_c used by the latest labeled selection
+        self.lb_sampler: PrunedSampler | None = None
+        self.ulb_sampler: PrunedSampler | None = None
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ wiring
+    def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> PrunedSampler:
+        self.lb_labels = labels.detach().cpu()
+        self.lb_sampler = PrunedSampler(self._select_labeled, batch_size, seed)
+        return self.lb_sampler
+
+    def unlabeled_sampler(self, n: int, batch_size: int, seed: int) -> PrunedSampler:
+        self.ulb_sampler = PrunedSampler(self._select_unlabeled, batch_size, seed)
+        return self.ulb_sampler
+
+    def bind(self, trainer: Any) -> None:
+        self.trainer = trainer
+        d, dev = trainer.data, trainer.device
+        self.n_lb, self.n_ulb, self.num_classes = len(d.lb_idx), len(d.ulb_idx), d.num_classes
+        self.score_lb = torch.full((self.n_lb,), self.p.init_score, device=dev)
+        self.score_ulb = torch.full((self.n_ulb,), self.p.init_score, device=dev)
+        self.conf_ulb = torch.zeros(self.n_ulb, device=dev)  # 0 until seen: with tau > 0 unseen are not pruned
+        self.w_ulb = torch.ones(self.n_ulb, device=dev)
+        self.cdmad = next((c for c in trainer.components if c.name == "cdmad"), None)
+        x = d.x_train
+        self.image = baseline_image(self.baseline_kind, x.shape[1], x.shape[2], x.shape[3], dev)
+
+    # ------------------------------------------------------------------ decisions
+    def annealing(self) -> bool:
+        """True in the last (1 - delta) of training: full data and unit weights (InfoBatch annealing)."""
+        return self.step >= self.p.anneal * self.total_steps
+
+    def z_I(self) -> torch.Tensor | None:
+        return self.cdmad.z_I if self.cdmad is not None else self.own_z_I
+
+    def current_prune_ratio(self) -> torch.Tensor:
+        """r_c: softmax(z(I)) of the training-mode network after the debias start, labeled frequency before."""
+        z = self.z_I()
+        if self.step >= self.start and z is not None:
+            return torch.softmax(z.double(), dim=-1).cpu()
+        return self.lb_prior.clone()
+
+    def _select_labeled(self) -> torch.Tensor:
+        first = self.lb_sampler is None or self.lb_sampler.passes == 0  # reference: the first pass is unpruned
+        if first or self.annealing() or not self.p.labeled:
+            return torch.arange(self.n_lb)
+        self.prune_ratio = self.current_prune_ratio()
+        kept = keep_labeled(self.score_lb, self.lb_labels, self.prune_ratio)
+        return kept if len(kept) else torch.arange(self.n_lb)
+
+    def _select_unlabeled(self) -> torch.Tensor:
+        if self.annealing() or not self.p.unlabeled:
+            self.w_ulb.fill_(1.0)
+            return torch.arange(self.n_ulb)
+        kept, w = soft_prune(self.score_ulb, self.conf_ulb, self.p.keep_rate, self.p.tau, self.gen, self.p.rescale)
+        self.w_ulb = w.to(self.w_ulb.device)
+        return kept
+
+    # ------------------------------------------------------------------ hooks
+    def before_step(self, step: int) -> None:
+        self.step = step
+        if self.cdmad is None:
+            with torch.no_grad():  # training-mode network, as CDMAD/DyTrim take z(I) every step
+                self.own_z_I = self.trainer.model(self.image)[0].float()
+        if self.p.cadence == "epoch" and step // self.p.epoch_steps != self.epoch:
+            self.epoch = step // self.p.epoch_steps
+            for s in (self.lb_sampler, self.ulb_sampler):
+                if s is not None:
+                    s.renew()
+
+    def weight(self, batch: Batch, step: int) -> None:
+        if batch.w_ulb is not None and batch.ulb_pos is not None:
+            batch.w_ulb *= self.w_ulb[batch.ulb_pos]
+
+    def observe(self, batch: Batch, out: StepOutput, step: int) -> None:
+        self.score_lb[batch.lb_pos] = out.loss_lb.float()
+        if out.loss_ulb is None or out.logits_ulb_w is None or batch.ulb_pos is None:
+            return
+        logits = out.logits_ulb_w.float()
+        z = self.z_I()
+        if self.cdmad is None and step >= self.start and z is not None:
+            logits = logits - z
+        probs = torch.softmax(logits, dim=-1)
+        if self.p.score == "loss":
+            score = out.loss_ulb.float().sum(0)
+        else:
+            score = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+        self.score_ulb[batch.ulb_pos] = score
+        self.conf_ulb[batch.ulb_pos] = probs.amax(-1)
+
+    def clock_rate(self) -> float:
+        """With prune.budget=shrink, one update stands for |pool| / |kept| steps of the full-data clock."""
+        if self.p.budget != "shrink":
+            return 1.0
+        s, n = (self.ulb_sampler, self.n_ulb) if self.trainer.ssl.uses_unlabeled else (self.lb_sampler, self.n_lb)
+        return n / len(s.kept) if s is not None and len(s.kept) else 1.0
+
+    def eval_fields(self) -> dict[str, Any]:
+        t = self.trainer
+        lb_kept = self.lb_sampler.kept if self.lb_sampler is not None else torch.arange(self.n_lb)
+        kept_lb = torch.bincount(self.lb_labels[lb_kept], minlength=self.num_classes)
+        info: dict[str, Any] = {
+            "r_c": [round(float(v), 6) for v in self.prune_ratio],
+            "kept_lb_per_class": [int(v) for v in kept_lb],
+            "kept_lb": int(kept_lb.sum()),
+            "annealed": self.annealing(),
+            "passes_lb": self.lb_sampler.passes if self.lb_sampler is not None else 0,
+            "samples_fwd": t.samples_fwd,
+            "samples_bwd": t.samples_bwd,
+            "updates": t.updates,
+        }
+        if self.ulb_sampler is not None and len(self.ulb_sampler.kept):
+            kept = self.ulb_sampler.kept.to(self.w_ulb.device)
+            info |= {
+                "kept_ulb": len(kept),
+                "ulb_total": self.n_ulb,
+                "rescaled_frac": round(float((self.w_ulb[kept] > 1).float().mean()), 6),
+                "passes_ulb": self.ulb_sampler.passes,
+                "score_ulb_mean": round(float(self.score_ulb.mean()), 6),
+            }
+        return {"pruning": info}
+
+    def on_finish(self, out_dir: Path, rows: list[dict[str, Any]]) -> None:
+        from dytrim.pruning.plots import plot_pruning
+
+        plot_pruning(rows, out_dir / "pruning.png", self.trainer.data.classes, self.trainer.data.split.lb_counts)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "score_lb": self.score_lb.clone(), "score_ulb": self.score_ulb.clone(),
+            "conf_ulb": self.conf_ulb.clone(), "w_ulb": self.w_ulb.clone(),
+            "gen": self.gen.get_state(), "prune_ratio": self.prune_ratio.clone(), "epoch": self.epoch,
+            "own_z_I": self.own_z_I,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        for key in ("score_lb", "score_ulb", "conf_ulb", "w_ulb"):
+            getattr(self, key).copy_(state[key])
+        self.gen.set_state(state["gen"])
+        self.prune_ratio = state["prune_ratio"].clone()
+        self.epoch = int(state["epoch"])
+        self.own_z_I = state["own_z_I"]

@@ -1,0 +1,52 @@
+"""Pruning over training: fraction of each labeled class kept, the prune ratios r_c, and the
+unlabeled kept / rescaled fractions, from the `pruning` field of metrics.jsonl rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_pruning(rows: list[dict[str, Any]], path: Path, classes: list[str], lb_counts: list[int]) -> None:
+    """Three panels against steps; nothing is written if no row carries `pruning`."""
+    rows = [r for r in rows if "pruning" in r]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    n_cls = len(lb_counts)
+    cmap = plt.get_cmap("viridis")
+    colours = [cmap(i / max(1, n_cls - 1)) for i in range(n_cls)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax, bx, cx = axes
+    for c in range(n_cls):
+        label = f"{classes[c][:8]} ({lb_counts[c]})" if n_cls <= 10 else None
+        kept = [r["pruning"]["kept_lb_per_class"][c] / max(1, lb_counts[c]) for r in rows]
+        ax.plot(steps, [100 * k for k in kept], color=colours[c], label=label)
+        bx.plot(steps, [100 * r["pruning"]["r_c"][c] for r in rows], color=colours[c], label=label)
+    ax.set_title("labeled kept per class (% of N_c)")
+    ax.set_ylim(0, 105)
+    bx.set_title("prune ratio r_c = π_θ(I)_c (labeled prior before debias start)")
+    bx.set_ylabel("%")
+    if n_cls <= 10:
+        ax.legend(fontsize=7, title="class (N_c)", title_fontsize=7, ncol=2)
+    ulb = [r for r in rows if "kept_ulb" in r["pruning"]]
+    if ulb:
+        us = [r["step"] for r in ulb]
+        cx.plot(us, [100 * r["pruning"]["kept_ulb"] / r["pruning"]["ulb_total"] for r in ulb], label="kept unlabeled")
+        cx.plot(us, [100 * r["pruning"]["rescaled_frac"] for r in ulb], label="of kept: rescaled (w = 1/r)")
+        cx.legend(fontsize=8)
+    cx.set_title("unlabeled soft pruning (%)")
+    cx.set_ylim(0, 105)
+    for a in axes:
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,54 @@
+"""Where DyTrim decides who is pruned: pure functions from stored per-sample scores to kept positions.
+
+Reference behaviour (DyTrim `dytrim.py`, reference-spec §1.2): labeled data is pruned hard and
+class-aware, keeping the int((1 - r_c)·N_c) highest-score samples of class c, no rescaling; unlabeled
+data is pruned softly as InfoBatch does: samples scoring below the mean are kept at random with rate
+r and, when kept, weigh 1/r, so the expected loss equals the full-data loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def keep_labeled(scores: torch.Tensor, labels: torch.Tensor, prune_ratio: torch.Tensor) -> torch.Tensor:
+    """Positions kept by class-aware hard pruning: per class c, the int((1 - r_c)·N_c) highest scores.
+
+    `scores` [N] latest supervised losses, `labels` [N] class ids, `prune_ratio` [C] r_c in [0, 1].
+    Ties are broken by position (stable sort), so the choice is deterministic. Returns sorted positions.
+    """
+    r = prune_ratio.detach().double().cpu().clamp(0.0, 1.0)
+    scores, labels = scores.detach().cpu(), labels.detach().cpu()
+    kept = []
+    for c in range(len(r)):
+        pos = torch.nonzero(labels == c).flatten()
+        n_keep = int((1.0 - float(r[c])) * len(pos))
+        if n_keep > 0:
+            order = torch.sort(scores[pos], descending=True, stable=True).indices
+            kept.append(pos[order[:n_keep]])
+    return torch.sort(torch.cat(kept)).values if kept else torch.empty(0, dtype=torch.long)
+
+
+def soft_prune(
+    scores: torch.Tensor,
+    confidence: torch.Tensor,
+    keep_rate: float,
+    tau: float,
+    generator: torch.Generator,
+    rescale: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept positions and per-sample weights of confidence-gated soft pruning.
+
+    Candidates are samples with score < mean(scores) and confidence >= tau; int(keep_rate·|candidates|)
+    of them are kept uniformly at random (without replacement) and weigh 1/keep_rate if `rescale`;
+    everything else is kept with weight 1. Returns (sorted kept positions [K], weights [N] over all).
+    """
+    scores, confidence = scores.detach().cpu().double(), confidence.detach().cpu().double()
+    candidate = (scores < scores.mean()) & (confidence >= tau)
+    cand = torch.nonzero(candidate).flatten()
+    chosen = cand[torch.randperm(len(cand), generator=generator)[: int(keep_rate * len(cand))]]
+    weights = torch.ones(len(scores), dtype=torch.float32)
+    if rescale:
+        weights[chosen] = 1.0 / keep_rate
+    kept = torch.cat([torch.nonzero(~candidate).flatten(), chosen])
+    return torch.sort(kept).values, weights

@@ -15,9 +15,18 @@ SUMMARY_METRICS = ("acc", "bacc", "gm", "many", "medium", "few")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of metrics.jsonl; a torn last line (a run killed while appending) is dropped, not fatal."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return rows
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_probe"
+        probe = out / f".write_probe.{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -89,6 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         print(f"dytrim: training stopped: {exc}", file=sys.stderr)
         return 3
+    if not trainer.dist.main:  # under torchrun only rank 0 writes and reports
+        return 0
     brief = {k: summary[k] for k in ("bacc", "gm", "acc") if k in summary}
     print(json.dumps({"out": str(out), "steps": summary["steps"], "wall_s": summary["wall_s"], **brief}, indent=1))
     return 0

@@ -9,6 +9,7 @@ debiased predictions, and every evaluation probes the baseline image.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -18,13 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dytrim.config import RunConfig, dump_yaml
+from dytrim.config import ConfigError, RunConfig, dump_yaml
 from dytrim.data.augment import normalize, strong_augment, weak_augment
 from dytrim.data.sources import LTData, load_data
 from dytrim.debias import create_components
 from dytrim.debias.baseline import baseline_image, prior_probe
 from dytrim.engine import runlog
 from dytrim.engine.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from dytrim.engine.distributed import Dist
 from dytrim.engine.ema import EMATeacher
 from dytrim.engine.evaluate import predict_logits
 from dytrim.engine.hooks import Batch, Component, StepOutput
@@ -53,6 +55,14 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
+        self.dist = Dist.from_env(self.device)  # torchrun: this rank's slice of every global batch
+        if self.dist.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        for key, size in (("train.batch_size", cfg.train.batch_size),
+                          ("train.uratio", cfg.train.batch_size * cfg.train.uratio)):
+            if size % self.dist.world:
+                raise ConfigError(f"{key}: a global batch of {size} does not split over {self.dist.world} processes; "
+                                  "make the batch sizes divisible by --nproc_per_node")
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -62,6 +72,7 @@ class Trainer:
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
+        self.dist.broadcast_module(self.model)
         self.ema = EMATeacher(self.model, cfg.optim.ema_decay, cfg.optim.ema_buffers)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ssl = create_ssl(cfg.ssl, d.num_classes, len(d.ulb_idx))
@@ -72,7 +83,8 @@ class Trainer:
         ulb_seed, ulb_bs = cfg.seed * 1000 + 2, max(1, cfg.train.batch_size * cfg.train.uratio)
         custom = [s for c in self.components if (s := c.unlabeled_sampler(len(d.ulb_idx), ulb_bs, ulb_seed))]
         self.ulb_sampler = custom[0] if custom else EpochSampler(len(d.ulb_idx), ulb_bs, ulb_seed)
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 3)
+        aug_seed = cfg.seed * 1000 + 3 + 7919 * self.dist.rank  # per-rank augmentation, reproducible
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(aug_seed)
         counts = torch.tensor(d.split.lb_counts, dtype=torch.float64)
         self.lb_prior = counts / counts.sum()
         self.probe_image = baseline_image(cfg.debias.baseline, d.in_channels, *d.x_train.shape[2:], self.device)
@@ -91,12 +103,12 @@ class Trainer:
     def _views(self) -> Batch:
         """Sample positions, gather uint8 images on the device, make the weak/strong views."""
         cfg, d, a = self.cfg, self.data, self.cfg.aug
-        lb_pos = self.lb_sampler.next().to(self.device)
+        lb_pos = self.dist.shard(self.lb_sampler.next()).to(self.device)  # samplers draw the global batch
         lb = d.lb_idx[lb_pos]
         x_lb = normalize(weak_augment(d.x_train[lb], self.aug_gen, a.pad, a.flip), d.mean, d.std)
         batch = Batch(lb_pos=lb_pos, x_lb=x_lb, y_lb=d.y_train[lb], w_lb=torch.ones(len(lb), device=self.device))
         if self.ssl.uses_unlabeled:
-            ulb_pos = self.ulb_sampler.next().to(self.device)
+            ulb_pos = self.dist.shard(self.ulb_sampler.next()).to(self.device)
             x_u = d.x_train[d.ulb_idx[ulb_pos]]
             batch.ulb_pos = ulb_pos
             batch.x_ulb_w = normalize(weak_augment(x_u, self.aug_gen, a.pad, a.flip), d.mean, d.std)
@@ -147,10 +159,14 @@ class Trainer:
         loss = (loss_lb * batch.w_lb).mean()
         stats = {"loss_x": float(loss_lb.detach().mean())}
         out = StepOutput(loss_lb=loss_lb.detach(), loss_ulb=None, targets=None, mask=None, logits_ulb_w=None)
+        obs_batch = batch
         if ulb:
+            # pseudo-labels of the global batch on every rank, so thresholds and class status stay in sync
+            logits_w, ulb_pos_g = self.dist.gather(logits_w), self.dist.gather(batch.ulb_pos)
             for c in self.components:
                 logits_w = c.pseudo_logits(logits_w, step)
-            targets, mask = self.ssl.pseudo_targets(logits_w, batch.ulb_pos)
+            targets_g, mask_g = self.ssl.pseudo_targets(logits_w, ulb_pos_g)
+            targets, mask = self.dist.shard(targets_g), self.dist.shard(mask_g)
             for c in self.components:
                 c.weight_unlabeled(batch, targets, mask, step)
             per_view = []
@@ -162,15 +178,25 @@ class Trainer:
             loss_u = (loss_ulb * batch.w_ulb).mean()  # mean over n_strong * Bu terms, as the reference
             extra = self.ssl.extra_loss(torch.cat(logits_s), targets, mask)
             loss = loss + cfg.ssl.lambda_u * loss_u + (extra if extra is not None else 0.0)
-            true_u = self.data.y_train[self.data.ulb_idx[batch.ulb_pos]]
-            hit = (targets.argmax(-1) == true_u).float()
+            true_u = self.data.y_train[self.data.ulb_idx[ulb_pos_g]]
+            hit = (targets_g.argmax(-1) == true_u).float()
             stats |= {
                 "loss_u": float(loss_u.detach()),
-                "mask_rate": float(mask.mean()),
-                "pseudo_acc": float((hit * mask).sum() / mask.sum().clamp_min(1e-12)),
+                "mask_rate": float(mask_g.mean()),
+                "pseudo_acc": float((hit * mask_g).sum() / mask_g.sum().clamp_min(1e-12)),
             }
-            out = StepOutput(out.loss_lb, loss_ulb.detach(), targets, mask, logits_w)
-        if not torch.isfinite(loss):
+            loss_ulb_g = self.dist.gather(loss_ulb.detach().T.contiguous()).T  # [n_strong, global Bu]
+            out = StepOutput(self.dist.gather(out.loss_lb), loss_ulb_g, targets_g, mask_g, logits_w)
+            if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch
+                obs_batch = Batch(
+                    lb_pos=self.dist.gather(batch.lb_pos), x_lb=batch.x_lb, y_lb=self.dist.gather(batch.y_lb),
+                    w_lb=self.dist.gather(batch.w_lb), ulb_pos=ulb_pos_g, w_ulb=self.dist.gather(batch.w_ulb),
+                )
+        elif self.dist.world > 1:
+            out = StepOutput(self.dist.gather(out.loss_lb), None, None, None, None)
+            obs_batch = Batch(lb_pos=self.dist.gather(batch.lb_pos), x_lb=batch.x_lb,
+                              y_lb=self.dist.gather(batch.y_lb), w_lb=self.dist.gather(batch.w_lb))
+        if self.dist.any(not bool(torch.isfinite(loss))):
             raise TrainingDiverged(
                 f"non-finite loss ({float(loss.detach())}) at step {step}; the run stopped and keeps its last good "
                 "checkpoint. Lower optim.lr or check the data."
@@ -179,28 +205,38 @@ class Trainer:
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(self.model)
         self.optimizer.step()
+        self.dist.average_buffers(self.model)
         self.ema.update(self.model, cfg.optim.ema_wd * lr)
         for c in self.components:
-            c.observe(batch, out, step)
+            c.observe(obs_batch, out, step)
         self.clock += max((c.clock_rate() for c in self.components), default=1.0)
         self.step = min(int(self.clock + 1e-9), cfg.train.steps)
         self.updates += 1
-        n_lb, n_ulb = len(batch.lb_pos), (len(batch.ulb_pos) if ulb else 0)
+        n_lb, n_ulb = len(obs_batch.lb_pos), (len(obs_batch.ulb_pos) if ulb else 0)
         self.samples_seen += n_lb + n_ulb
         self.samples_fwd += n_lb + n_ulb * (1 + len(batch.x_ulb_s))
         self.samples_bwd += n_lb + n_ulb * len(batch.x_ulb_s)
-        return stats | {"loss": float(loss.detach()), "lr": lr}
+        stats["loss"] = float(loss.detach())
+        if self.dist.world > 1:  # losses: mean over ranks (the global-batch loss)
+            keys = [k for k in ("loss", "loss_x", "loss_u") if k in stats]
+            vals = self.dist.gather(torch.tensor([[stats[k] for k in keys]], dtype=torch.float64)).mean(0)
+            stats |= {k: float(v) for k, v in zip(keys, vals, strict=True)}
+        return stats | {"lr": lr}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = False) -> dict[str, Any]:
         """EMA-model metrics on the test set (or the fixed subset), raw and per debiasing component."""
         d = self.data
         idx = torch.arange(len(d.y_test), device=self.device) if full else d.eval_idx
-        x, y = d.x_test[idx], d.y_test[idx]
-        logits = predict_logits(
-            self.ema.model, x, d.mean, d.std, self.cfg.train.eval_batch_size, self.cfg.model.channels_last
-        )
+        y, n, world = d.y_test[idx], len(idx), self.dist.world
+        per = -(-n // world)  # each rank predicts an equal share (the last index repeated as padding)
+        padded = torch.cat([idx, idx[-1:].repeat(per * world - n)])
+        mine = padded[self.dist.rank * per : (self.dist.rank + 1) * per]
+        logits = self.dist.gather(predict_logits(
+            self.ema.model, d.x_test[mine], d.mean, d.std, self.cfg.train.eval_batch_size, self.cfg.model.channels_last
+        ))[:n]
         row = classification_metrics(logits.argmax(-1), y, d.num_classes, d.split.lb_counts)
         adjusted, changed = logits, False
         for c in self.components:  # debiased predictions: the eval-logit hooks chained in config order
@@ -213,10 +249,45 @@ class Trainer:
         row |= prior_probe(self.ema.model, self.probe_image, self.lb_prior)
         for c in self.components:
             row |= c.eval_fields()
+        if self.dist.world > 1:  # every rank must hold the same weights, algorithm state and kept sets
+            row["ranks_in_sync"] = len(set(self.dist.gather_object(self._fingerprint()))) == 1
         return row
+
+    def _fingerprint(self) -> str:
+        """Hash of the weights, SSL state, component state (DyTrim's scores and weights) and sampler lists."""
+        import hashlib
+
+        h = hashlib.sha1()
+
+        def feed(obj: Any) -> None:
+            if isinstance(obj, torch.Tensor):
+                h.update(obj.detach().cpu().contiguous().numpy().tobytes())
+            elif isinstance(obj, dict):
+                for k in sorted(obj):
+                    h.update(str(k).encode())
+                    feed(obj[k])
+            elif isinstance(obj, list | tuple):
+                for v in obj:
+                    feed(v)
+            else:
+                h.update(repr(obj).encode())
+
+        feed(dict(self.model.state_dict()))
+        feed(self.ssl.state_dict())
+        feed({c.name: c.state_dict() for c in self.components})
+        feed([self.lb_sampler.state_dict(), self.ulb_sampler.state_dict()])
+        return h.hexdigest()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """Everything to continue exactly; with several processes, every rank's RNG states (a collective)."""
+        rng = {
+            "aug": self.aug_gen.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
         return {
             "step": self.step,
             "clock": self.clock,
@@ -233,13 +304,8 @@ class Trainer:
             "components": {c.name: c.state_dict() for c in self.components},
             "lb_sampler": self.lb_sampler.state_dict(),
             "ulb_sampler": self.ulb_sampler.state_dict(),
-            "rng": {
-                "aug": self.aug_gen.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": rng,
+            "rng_ranks": self.dist.gather_object(rng) if self.dist.world > 1 else None,
             "config": self.cfg.to_dict(),
         }
 
@@ -258,6 +324,12 @@ class Trainer:
         self.lb_sampler.load_state_dict(state["lb_sampler"])
         self.ulb_sampler.load_state_dict(state["ulb_sampler"])
         rng = state["rng"]
+        ranks = state.get("rng_ranks")
+        if self.dist.world > 1 or ranks:
+            if not ranks or len(ranks) != self.dist.world:
+                raise ConfigError(f"--resume: the checkpoint was written by {len(ranks) if ranks else 1} process(es); "
+                                  f"resume with the same number (now {self.dist.world})")
+            rng = ranks[self.dist.rank]
         self.aug_gen.set_state(rng["aug"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
@@ -267,21 +339,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train to cfg.train.steps, evaluating every eval_every steps; returns the summary."""
-        cfg, out = self.cfg, self.out
+        """Train to cfg.train.steps, evaluating every eval_every steps; returns the summary.
+
+        With several processes every rank trains and evaluates (collectives), only the main rank writes."""
+        cfg, out, main = self.cfg, self.out, self.dist.main
         out.mkdir(parents=True, exist_ok=True)
         metrics_path = out / "metrics.jsonl"
+        self.dist.barrier()  # no rank reads the run directory while the main rank rewrites it
         if resume and (found := load_latest(out, self.device)) is not None:
             self.load_state_dict(found[0])
             # rows written after the checkpoint (a crash between evaluation and checkpoint) are redone
-            runlog.write_rows(metrics_path, [r for r in runlog.read_rows(metrics_path) if r["step"] <= self.step])
-        else:
+            if main:
+                rows = [r for r in runlog.read_rows(metrics_path) if r["step"] <= self.step]
+                runlog.write_rows(metrics_path, rows)
+        elif main:
             runlog.write_rows(metrics_path, [])
-            atomic_write_text(out / "run.json", _json(runlog.run_metadata(cfg.seed) | {"counts": self.data.counts()}))
-        atomic_write_text(out / "config.yaml", dump_yaml(cfg))  # on resume: with its overrides (e.g. steps)
+            meta = runlog.run_metadata(cfg.seed) | {"counts": self.data.counts(), "processes": self.dist.world}
+            atomic_write_text(out / "run.json", _json(meta))
+        if main:
+            atomic_write_text(out / "config.yaml", dump_yaml(cfg))  # on resume: with its overrides (e.g. steps)
         t_total = cfg.train.steps
         every = cfg.train.eval_every
-        bar = tqdm(total=t_total, initial=self.step, disable=not cfg.train.progress, desc=cfg.preset or "train",
+        bar = tqdm(total=t_total, initial=self.step, disable=not (cfg.train.progress and main),
+                   desc=cfg.preset or "train",
                    dynamic_ncols=True, mininterval=1.0)
         start_wall = time.perf_counter() - self.wall_s
         ckpt_every = cfg.train.ckpt_every or every  # 0 = checkpoint at every evaluation
@@ -303,21 +383,28 @@ class Trainer:
                         "samples_fwd": self.samples_fwd,
                         "samples_bwd": self.samples_bwd,
                     }
-                    runlog.append_row(metrics_path, row)
+                    if main:
+                        runlog.append_row(metrics_path, row)
                     bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{stats['loss']:.3f}")
                 if self.step // ckpt_every != prev // ckpt_every or done:
                     self.wall_s = time.perf_counter() - start_wall
-                    save_checkpoint(out, self.step, self.state_dict(), cfg.train.keep_ckpts)
+                    state = self.state_dict()  # collective: every rank's RNG states
+                    if main:
+                        save_checkpoint(out, self.step, state, cfg.train.keep_ckpts)
         finally:
             bar.close()
         self.wall_s = time.perf_counter() - start_wall
+        full_test = self.evaluate(full=True) if len(self.data.eval_idx) < len(self.data.y_test) else None
+        if not main:
+            self.dist.barrier()
+            return {"steps": self.step, "wall_s": round(self.wall_s, 2), "rank": self.dist.rank}
         rows = runlog.read_rows(metrics_path)
         summary = runlog.summarize(rows, self.wall_s, self.step)
         summary["train_s"] = round(self.train_s, 2)
         summary["images_per_s"] = round(self.samples_seen / max(self.train_s, 1e-9), 2)
         summary |= {"updates": self.updates, "samples_fwd": self.samples_fwd, "samples_bwd": self.samples_bwd}
-        if len(self.data.eval_idx) < len(self.data.y_test):
-            summary["full_test"] = self.evaluate(full=True)
+        if full_test is not None:
+            summary["full_test"] = full_test
         summary["notes"] = (
             "metrics of the EMA model on the test set; last = final evaluation, best = max over evaluations, "
             "mean/median_last20 = over the last 20 evaluations"
@@ -326,6 +413,7 @@ class Trainer:
         runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts)
         for c in self.components:
             c.on_finish(out, rows)
+        self.dist.barrier()
         return summary
 
 

@@ -1,0 +1,101 @@
+"""Data parallelism over torch.distributed (launched by torchrun), and the identity when alone.
+
+Every rank draws the same global batch from identically seeded samplers and trains on its slice;
+gradients and BatchNorm buffers are averaged after each backward, so the ranks stay identical. State
+that depends on the whole batch (pseudo-labels and thresholds, DyTrim's scores) is computed from
+gathered tensors, so every rank holds the same copy. With one process every method is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class Dist:
+    """Rank, world size and the few collectives the loop needs."""
+
+    def __init__(self, rank: int = 0, world: int = 1) -> None:
+        self.rank, self.world = rank, world
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Dist:
+        """Join the process group torchrun describes (RANK / WORLD_SIZE); one process otherwise."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def main(self) -> bool:
+        """Only the main rank writes files and shows progress."""
+        return self.rank == 0
+
+    def shard(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch (the batch size divides by the world size)."""
+        if self.world == 1:
+            return t
+        n = len(t) // self.world
+        return t[self.rank * n : (self.rank + 1) * n]
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate equal-sized per-rank tensors in rank order (the global batch back)."""
+        if self.world == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def average_gradients(self, model: nn.Module) -> None:
+        """Mean of the gradients over ranks (one flat all-reduce): the gradient of the global-batch loss."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Mean of the floating-point buffers (BN running statistics) over ranks, so all ranks agree."""
+        if self.world == 1:
+            return
+        for b in model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b /= self.world
+
+    def broadcast_module(self, model: nn.Module) -> None:
+        """Start every rank from the main rank's weights and buffers."""
+        if self.world == 1:
+            return
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+    def any(self, flag: bool) -> bool:
+        """True if `flag` is true on any rank (e.g. a non-finite loss stops every rank together)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()

@@ -1,4 +1,5 @@
-"""Command line: `dytrim train | presets | data info`. Errors print one clear line and exit 2."""
+"""Command line: `dytrim train | presets | data info | eval | predict | export`. Errors print one clear line and
+exit 2."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", required=True)
     q = dsub.add_parser("info", help="per-class labeled/unlabeled/test counts of a split, as JSON")
     _add_config_args(q)
+
+    from dytrim import cli_model  # eval / predict / export: commands that use a trained run
+
+    cli_model.add_parsers(sub)
     return parser
 
 
@@ -61,6 +66,7 @@ def _check_writable(out: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dytrim.datacard import annotate_summary, write_card
     from dytrim.engine.loop import Trainer, TrainingDiverged
 
     if args.resume:
@@ -85,13 +91,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     _check_writable(out)
     trainer = Trainer(cfg, out)
+    main_rank = trainer.dist.main  # under torchrun only rank 0 writes
+    card = write_card(out, trainer.data) if main_rank else None  # classes + preprocessing, for eval/predict/export
     try:
         summary = trainer.fit(resume=bool(args.resume))
     except TrainingDiverged as exc:
         print(f"dytrim: training stopped: {exc}", file=sys.stderr)
         return 3
-    if not trainer.dist.main:  # under torchrun only rank 0 writes and reports
+    if not main_rank:
         return 0
+    annotate_summary(out, card)  # class names and data facts (e.g. the hold-out test set) in summary.json
     brief = {k: summary[k] for k in ("bacc", "gm", "acc") if k in summary}
     print(json.dumps({"out": str(out), "steps": summary["steps"], "wall_s": summary["wall_s"], **brief}, indent=1))
     return 0
@@ -117,6 +126,12 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         raise ConfigError("give --preset NAME (see `dytrim presets`) or --config FILE")
     cfg = load_config(args.preset, args.overrides, args.config)
     data = load_data(cfg.data, cfg.seed, "cpu")
+    if cfg.data.name == "folder":  # your own images: counts by class name, estimated gamma_l, skipped files
+        from dytrim.data.folder import describe
+        from dytrim.jsonfmt import compact_json
+
+        print(compact_json(describe(data, cfg.data.pool)))
+        return 0
     counts = data.counts()
     info = {
         "data": cfg.data.name,
@@ -142,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "presets":
             return cmd_presets(args)
+        if args.command in ("eval", "predict", "export"):
+            from dytrim import cli_model
+
+            return cli_model.run(args)
         return cmd_data_info(args)
     except (ConfigError, DataError) as exc:
         print(f"dytrim: error: {exc}", file=sys.stderr)

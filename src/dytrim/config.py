@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which images, and how the long-tailed labeled/unlabeled split is drawn."""
 
-    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist10k
+    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist10k | folder (your own images)
     root: str = ""  # data directory or file; "" = default location (the embedded file for mnist10k)
     n1: int = 1500  # labeled images of the head class
     m1: int = 3000  # unlabeled images of the head class (of the unlabeled profile's largest class)
@@ -37,6 +37,14 @@ class DataConfig:
     shuffle: bool | None = None  # shuffle class indices before the split; None = reference rule per data set
     test_per_class: int = 150  # mnist10k only: digits per class held out as the test set
     eval_subset: int = 0  # images of the test set used at intermediate evaluations (0 = all)
+    # data.name=folder only (n1, m1, imb_ratio_*, shuffle, test_per_class are then unused: the folders are the split)
+    labeled_dir: str = ""  # one sub-folder of images per class; the sub-folder names are the class names
+    unlabeled_dir: str = ""  # images of unknown class, any layout ("" = none: pool=paper then reuses the labeled ones)
+    test_dir: str = ""  # same layout as labeled_dir; "" = a stratified hold-out of the labeled images
+    holdout: float = 0.2  # without test_dir: fraction of each class's labeled images held out as the test set
+    image_size: int = 32  # images are resized (shorter side) and centre-cropped to image_size x image_size
+    channels: int = 3  # 3 = RGB, 1 = grayscale
+    cache_dir: str = ""  # decoded uint8 arrays are cached here; "" = $DYTRIM_CACHE, else ~/.cache/dytrim
 
 
 @dataclass
@@ -161,7 +169,7 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "mnist10k"),
+    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "mnist10k", "folder"),
     "data.pool": ("paper", "disjoint"),
     "ssl.name": ("fixmatch", "flexmatch", "freematch", "supervised"),
     "optim.name": ("adam", "sgd"),
@@ -350,6 +358,27 @@ def validate(cfg: RunConfig) -> None:
     _check(d.m1 >= 0, "data.m1", f"must be >= 0; got {d.m1}")
     _check(d.test_per_class >= 1, "data.test_per_class", f"must be >= 1; got {d.test_per_class}")
     _check(d.eval_subset >= 0, "data.eval_subset", f"must be >= 0 (0 = whole test set); got {d.eval_subset}")
+    folder_keys = [k for k in ("labeled_dir", "unlabeled_dir", "test_dir") if getattr(d, k)]
+    if d.name != "folder" and folder_keys:
+        raise ConfigError(
+            f"data.{folder_keys[0]}: only read with data.name=folder (data.name is '{d.name}'); "
+            "set data.name=folder to train on your own image folders, or drop the key"
+        )
+    if d.name == "folder":
+        _check(bool(d.labeled_dir), "data.labeled_dir", "data.name=folder needs a folder with one sub-folder per class")
+        _check(0 <= d.holdout < 1, "data.holdout", f"must be in [0, 1); got {d.holdout}")
+        _check(
+            bool(d.test_dir) or d.holdout > 0,
+            "data.holdout",
+            "no test set: set data.test_dir to a folder laid out like data.labeled_dir, or data.holdout > 0",
+        )
+        _check(d.image_size >= 16, "data.image_size", f"must be >= 16 (smallest model input); got {d.image_size}")
+        _check(d.channels in (1, 3), "data.channels", f"must be 3 (RGB) or 1 (grayscale); got {d.channels}")
+        _check(
+            bool(d.unlabeled_dir) or d.pool == "paper" or s.name == "supervised",
+            "data.unlabeled_dir",
+            f"{s.name} with data.pool=disjoint needs unlabeled images: set data.unlabeled_dir (or data.pool=paper)",
+        )
     _check(0 <= s.p_cutoff <= 1, "ssl.p_cutoff", f"must be in [0, 1]; got {s.p_cutoff}")
     _check(s.temperature > 0, "ssl.temperature", f"must be > 0; got {s.temperature}")
     _check(s.lambda_u >= 0, "ssl.lambda_u", f"must be >= 0; got {s.lambda_u}")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from dytrim.config import ConfigError, DataConfig
+from dytrim.data.folder import channel_stats, folder_split, read_folder_source
 from dytrim.data.longtail import Split, SplitError, build_split, longtail_counts
 from dytrim.data.readers import (
     FASHION_MNIST_CLASSES,
@@ -28,9 +30,10 @@ class Source:
     """How to find and read one data set, and its normalisation constants."""
 
     read: Callable[[DataConfig], ImageArrays]
-    mean: tuple[float, ...]
+    mean: tuple[float, ...]  # () = computed from the training images at load time (your own folders)
     std: tuple[float, ...]
     shuffle_rule: Callable[[int], bool]  # seed -> shuffle class indices before the split (reference rules)
+    split: Callable[[DataConfig, ImageArrays, int], Split] | None = None  # a source's own labeled/unlabeled split
 
 
 SOURCES: Registry[Source] = Registry("data set")
@@ -108,6 +111,7 @@ SOURCES.register("fashion_mnist")(
     )
 )
 SOURCES.register("mnist10k")(lambda: Source(_mnist10k, MNIST_MEAN, MNIST_STD, lambda s: False))
+SOURCES.register("folder")(lambda: Source(read_folder_source, (), (), lambda s: False, split=folder_split))
 
 
 @dataclass
@@ -126,6 +130,7 @@ class LTData:
     lb_idx: torch.Tensor  # int64 [N_l] indices into x_train
     ulb_idx: torch.Tensor  # int64 [N_u]
     eval_idx: torch.Tensor  # int64 indices into x_test used at intermediate evaluations
+    info: dict[str, Any] = field(default_factory=dict)  # source facts (folders: test set origin, skipped files)
 
     @property
     def num_classes(self) -> int:
@@ -173,7 +178,7 @@ def load_arrays(cfg: DataConfig) -> tuple[ImageArrays, Source]:
     try:
         return source.read(cfg), source
     except DataError as exc:
-        if str(exc).startswith("data.root"):
+        if str(exc).startswith("data."):  # already names its key (data.root, data.labeled_dir, ...)
             raise
         raise DataError(f"data.root='{cfg.root}': {exc}") from exc
 
@@ -181,19 +186,22 @@ def load_arrays(cfg: DataConfig) -> tuple[ImageArrays, Source]:
 def load_data(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -> LTData:
     """Read, split and move to the device. Raises ConfigError naming the key on an impossible split."""
     arrays, source = load_arrays(cfg)
-    num_classes = len(arrays.classes)
-    lb_counts, ulb_counts = split_counts(cfg, num_classes)
-    shuffle = source.shuffle_rule(seed) if cfg.shuffle is None else cfg.shuffle
-    try:
-        split = build_split(arrays.y_train, lb_counts, ulb_counts, cfg.pool, seed, shuffle)
-    except SplitError as exc:
-        raise ConfigError(str(exc)) from exc
+    if source.split is not None:
+        split = source.split(cfg, arrays, seed)
+    else:
+        lb_counts, ulb_counts = split_counts(cfg, len(arrays.classes))
+        shuffle = source.shuffle_rule(seed) if cfg.shuffle is None else cfg.shuffle
+        try:
+            split = build_split(arrays.y_train, lb_counts, ulb_counts, cfg.pool, seed, shuffle)
+        except SplitError as exc:
+            raise ConfigError(str(exc)) from exc
+    mean, std = (source.mean, source.std) if source.mean else channel_stats(arrays.x_train)
     device = torch.device(device)
     return LTData(
         name=cfg.name,
         classes=list(arrays.classes),
-        mean=source.mean,
-        std=source.std,
+        mean=mean,
+        std=std,
         x_train=_to_nchw(arrays.x_train, device),
         y_train=torch.from_numpy(arrays.y_train.astype(np.int64)).to(device),
         x_test=_to_nchw(arrays.x_test, device),
@@ -202,4 +210,5 @@ def load_data(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") ->
         lb_idx=torch.from_numpy(split.lb_idx).to(device),
         ulb_idx=torch.from_numpy(split.ulb_idx).to(device),
         eval_idx=torch.from_numpy(_stratified_subset(arrays.y_test, cfg.eval_subset, seed)).to(device),
+        info=dict(getattr(arrays, "info", {})),
     )

@@ -178,13 +178,12 @@ class Trainer:
             loss_u = (loss_ulb * batch.w_ulb).mean()  # mean over n_strong * Bu terms, as the reference
             extra = self.ssl.extra_loss(torch.cat(logits_s), targets, mask)
             loss = loss + cfg.ssl.lambda_u * loss_u + (extra if extra is not None else 0.0)
-            true_u = self.data.y_train[self.data.ulb_idx[ulb_pos_g]]
+            true_u = self.data.y_train[self.data.ulb_idx[ulb_pos_g]]  # -1 = unknown (your own unlabeled folder)
             hit = (targets_g.argmax(-1) == true_u).float()
-            stats |= {
-                "loss_u": float(loss_u.detach()),
-                "mask_rate": float(mask_g.mean()),
-                "pseudo_acc": float((hit * mask_g).sum() / mask_g.sum().clamp_min(1e-12)),
-            }
+            known = mask_g * (true_u >= 0).float()
+            stats |= {"loss_u": float(loss_u.detach()), "mask_rate": float(mask_g.mean())}
+            if bool((true_u >= 0).any()):
+                stats["pseudo_acc"] = float((hit * known).sum() / known.sum().clamp_min(1e-12))
             loss_ulb_g = self.dist.gather(loss_ulb.detach().T.contiguous()).T  # [n_strong, global Bu]
             out = StepOutput(self.dist.gather(out.loss_lb), loss_ulb_g, targets_g, mask_g, logits_w)
             if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch

@@ -1,0 +1,109 @@
+"""Sub-commands that use a trained run: `dytrim eval`, `dytrim predict`, `dytrim export` (wired into cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from dytrim.inference import TrainedRun
+
+COMMANDS = ("eval", "predict", "export")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the three sub-commands on the main parser's sub-parsers."""
+    p = sub.add_parser("eval", help="metrics of a run's EMA model (raw, debiased), per-class recall, confusion PNG")
+    _run_args(p)
+    p.add_argument("--data", metavar="DIR", help="a test folder laid out like the labeled one (default: the run's "
+                   "own test set)")
+    p.add_argument("--out", metavar="DIR", help="where eval.json and confusion.png go (default RUN_DIR/eval)")
+
+    p = sub.add_parser("predict", help="predict class names for image files or folders, as CSV")
+    _run_args(p)
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files and/or folders (searched at any depth)")
+    p.add_argument("--out", metavar="CSV", help="write the CSV here (default: standard output)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("export", help="write the EMA model with its class names and preprocessing constants")
+    _run_args(p)
+    p.add_argument("--format", required=True, choices=["state_dict", "torchscript", "onnx"])
+    p.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/export/model.<format suffix>)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of `dytrim train`")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the run's config, e.g. --set data.root=... if the data moved")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = the run's train.threads)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch one of COMMANDS; ConfigError / DataError propagate to cli.main (exit code 2)."""
+    from dytrim.inference import load_run
+
+    trained = load_run(args.run_dir, args.device, args.overrides)
+    threads = args.threads or trained.cfg.train.threads
+    if threads:
+        torch.set_num_threads(threads)
+    return {"eval": _eval, "predict": _predict, "export": _export}[args.command](args, trained)
+
+
+def _eval(args: argparse.Namespace, trained: TrainedRun) -> int:
+    from dytrim.evalrun import evaluate, format_table, load_test_set, plot_confusion
+
+    x, y, where = load_test_set(trained, args.data)
+    result = evaluate(trained, x, y, args.batch_size) | {"test_set": where, "checkpoint": trained.checkpoint.name}
+    out = Path(args.out) if args.out else trained.run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_confusion(result, out / "confusion.png", f"{trained.run_dir.name} @ step {trained.step}: {where}")
+    print(f"{trained.run_dir} @ step {trained.step} ({trained.checkpoint.name}), EMA model, {where}")
+    print(format_table(result))
+    print(f"wrote {out / 'eval.json'} and {out / 'confusion.png'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace, trained: TrainedRun) -> int:
+    from dytrim.inference import find_images, predict_files
+
+    paths = find_images(args.images)
+    rows, skipped = predict_files(trained, paths, args.batch_size, progress=not args.no_progress)
+    fields = ["path", "pred", "prob"] + (["pred_debiased", "prob_debiased"] if trained.debiasers else [])
+    sink = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.DictWriter(sink, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        sink.flush()
+    except BrokenPipeError:  # e.g. `dytrim predict ... | head`: the reader stopped early, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        if args.out:
+            sink.close()
+    for path, why in skipped[:10]:
+        print(f"dytrim: skipped {path}: {why}", file=sys.stderr)
+    deb = f"; pred_debiased by {'+'.join(trained.debias_methods)}" if trained.debiasers else ""
+    print(f"dytrim: {len(rows)} predictions{' to ' + args.out if args.out else ''} ({len(skipped)} unreadable files "
+          f"skipped; EMA model at step {trained.step}{deb})", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace, trained: TrainedRun) -> int:
+    from dytrim.export import export_run, sidecar
+    from dytrim.jsonfmt import compact_json
+
+    path = export_run(trained, args.format, Path(args.out) if args.out else None)
+    print(compact_json({"exported": str(path), "metadata": str(sidecar(path)), "format": args.format,
+                        "classes": trained.card.classes, "step": trained.step}))
+    return 0

@@ -1,0 +1,408 @@
+"""Your own images: class folders (labeled, test) and a folder of unlabeled images, decoded once and cached.
+
+Layout: `labeled_dir/<class>/**/<image>` (the sub-folder names, sorted, are the class names), `unlabeled_dir/**`
+(any layout), `test_dir` laid out like `labeled_dir` or else a stratified hold-out of the labeled images. Every
+image is converted to RGB (or grayscale), its shorter side resized and centre-cropped to a square, and the uint8
+arrays are cached under a key of the files' paths, sizes and modification times, so later runs skip decoding.
+Unreadable or zero-byte image files are skipped and reported with a count; structural problems (no class folders,
+an empty class, a single class, test classes that differ) stop with a DataError naming the folder and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dytrim.config import DataConfig
+from dytrim.data.longtail import Split
+from dytrim.data.readers import DataError, ImageArrays
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CACHE_VERSION = 2  # bump when decoding changes, so old cache files are not reused
+HOLDOUT_SEED = 0  # the hold-out draw is fixed: runs with different seeds share one test set
+_EXAMPLES = 10  # skipped files listed by name in reports
+
+
+class BadImage(Exception):
+    """One image file cannot be used (zero bytes, not an image, truncated); it is skipped and reported."""
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+def _pillow() -> Any:
+    try:
+        from PIL import Image, ImageOps
+    except ImportError as exc:
+        raise DataError(
+            "reading image folders needs Pillow, which is not installed; install it with: pip install pillow"
+        ) from exc
+    return Image, ImageOps
+
+
+def load_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
+    """uint8 [H, W, channels]: EXIF-rotated, RGB or grayscale, shorter side resized, centre-cropped to `size`."""
+    image_mod, ops = _pillow()
+    try:
+        if path.stat().st_size == 0:
+            raise BadImage("zero-byte file")
+        with image_mod.open(path) as im:
+            im = ops.exif_transpose(im)
+            if im.mode == "P":  # palette images may carry transparency; go through RGBA to drop it cleanly
+                im = im.convert("RGBA")
+            im = im.convert("RGB" if channels == 3 else "L")
+            h, w = size
+            if im.size != (w, h):
+                im = ops.fit(im, (w, h), method=image_mod.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except BadImage:
+        raise
+    except image_mod.UnidentifiedImageError as exc:
+        raise BadImage("not an image format Pillow can read") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means: skip this file and say why
+        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder` at any depth, sorted; hidden files and folders are ignored."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames if is_image_file(Path(f))]
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------- many images, cached
+
+
+@dataclass
+class Decoded:
+    """Decoded images of a list of files: `x` holds the readable ones, in order; `skipped` the others."""
+
+    x: np.ndarray  # uint8 [n_ok, H, W, C]
+    ok: np.ndarray  # bool [n_files]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    """data.cache_dir, else $DYTRIM_CACHE, else ~/.cache/dytrim."""
+    return Path(cfg.cache_dir or os.environ.get("DYTRIM_CACHE") or Path.home() / ".cache" / "dytrim").expanduser()
+
+
+def _cache_key(paths: Sequence[Path], size: tuple[int, int], channels: int) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{channels}".encode())
+    for p in paths:
+        try:
+            st = p.stat()
+            stamp = f"{st.st_size}|{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"\0{p.resolve()}|{stamp}".encode())
+    return h.hexdigest()[:32]
+
+
+def _read_cache(path: Path, n: int) -> Decoded | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ok = z["ok"].astype(bool)
+            skipped = list(zip(z["skip_path"].tolist(), z["skip_reason"].tolist(), strict=True))
+            x = z["x"]
+    except Exception:  # noqa: BLE001 - an unreadable cache file is simply rebuilt
+        return None
+    if len(ok) != n or int(ok.sum()) != len(x):
+        return None
+    return Decoded(x, ok, [(str(a), str(b)) for a, b in skipped])
+
+
+def _write_cache(path: Path, dec: Decoded) -> None:
+    """Atomic write (temp file + rename); a cache that cannot be written only costs speed, so warn and go on."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".images-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                x=dec.x,
+                ok=dec.ok,
+                skip_path=np.array([p for p, _ in dec.skipped], dtype=str),
+                skip_reason=np.array([r for _, r in dec.skipped], dtype=str),
+            )
+        os.replace(tmp, path)
+    except OSError as exc:
+        print(f"dytrim: warning: cannot write the image cache {path} ({exc}); set data.cache_dir to a writable "
+              "folder to make later runs start faster", file=sys.stderr)
+
+
+def decode_images(
+    paths: Sequence[Path], size: tuple[int, int], channels: int, cache_dir: Path | None, desc: str = "images"
+) -> Decoded:
+    """Decode `paths` (skipping bad files) or load them from the cache; `cache_dir` None disables caching."""
+    cache = cache_dir / f"images-{_cache_key(paths, size, channels)}.npz" if cache_dir is not None else None
+    if cache is not None and cache.is_file() and (hit := _read_cache(cache, len(paths))) is not None:
+        return hit
+    h, w = size
+    x = np.empty((len(paths), h, w, channels), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    skipped = []
+    bar = tqdm(paths, desc=f"decoding {desc}", unit="img", disable=True if len(paths) < 500 else None,
+               file=sys.stderr, mininterval=1.0)
+    for i, p in enumerate(bar):
+        try:
+            x[i] = load_image(p, size, channels)
+            ok[i] = True
+        except BadImage as exc:
+            skipped.append((str(p), str(exc)))
+    dec = Decoded(x[ok], ok, skipped)
+    if cache is not None:
+        _write_cache(cache, dec)
+    return dec
+
+
+# ----------------------------------------------------------------------------- folder structure
+
+
+def class_tree(root: Path, key: str) -> tuple[list[str], list[list[Path]]]:
+    """Class names (sorted sub-folder names) and each class's image files; stops on structural problems."""
+    if not root.is_dir():
+        raise DataError(f"{key}: '{root}' is not a folder; point it to a folder with one sub-folder per class")
+    entries = sorted(e for e in root.iterdir() if not e.name.startswith("."))
+    subdirs = [e for e in entries if e.is_dir()]
+    loose = [e for e in entries if e.is_file() and is_image_file(e)]
+    if not subdirs:
+        held = f" (it holds {len(loose)} images directly)" if loose else ""
+        raise DataError(
+            f"{key}: '{root}' has no class sub-folders{held}; put each class's images in a sub-folder named "
+            f"after the class, e.g. {root / 'cat' / 'img001.png'}"
+        )
+    if loose:
+        raise DataError(
+            f"{key}: '{root}' holds {len(loose)} images outside the class sub-folders (e.g. '{loose[0].name}'); "
+            "move each into the sub-folder of its class, or out of this folder"
+        )
+    files = [list_images(d) for d in subdirs]
+    empty = [d for d, f in zip(subdirs, files, strict=True) if not f]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(
+            f"{key}: class folder '{empty[0]}'{more} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+            "add images to it or remove the folder"
+        )
+    if len(subdirs) < 2:
+        raise DataError(
+            f"{key}: '{root}' has a single class ('{subdirs[0].name}'); a classifier needs at least two class "
+            "sub-folders"
+        )
+    return [d.name for d in subdirs], files
+
+
+def read_class_tree(
+    root: Path, key: str, size: tuple[int, int], channels: int, cache_dir: Path | None
+) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode a class-folder tree: (classes, x uint8 NHWC, y int64, skipped files). A class left with no
+    readable image stops with a DataError."""
+    classes, files = class_tree(root, key)
+    flat = [p for f in files for p in f]
+    labels = np.concatenate([np.full(len(f), c, dtype=np.int64) for c, f in enumerate(files)])
+    dec = decode_images(flat, size, channels, cache_dir, desc=root.name)
+    y = labels[dec.ok]
+    counts = np.bincount(y, minlength=len(classes))
+    if (counts == 0).any():
+        c = int(np.flatnonzero(counts == 0)[0])
+        bad = next(r for p, r in dec.skipped if Path(p).is_relative_to(root / classes[c]))
+        raise DataError(
+            f"{key}: none of the {len(files[c])} image files in class folder '{root / classes[c]}' can be read "
+            f"(e.g. {bad}); replace them or remove the folder"
+        )
+    return classes, dec.x, y, dec.skipped
+
+
+def read_unlabeled(
+    root: Path, classes: list[str], size: tuple[int, int], channels: int, cache_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode every image under `root`: (x, y, skipped). y is -1 (unknown) unless every image sits in a
+    sub-folder named after a class; those labels are used only for reporting (pseudo_acc, counts)."""
+    if not root.is_dir():
+        raise DataError(f"data.unlabeled_dir: '{root}' is not a folder; point it to a folder of images (any layout)")
+    files = list_images(root)
+    if not files:
+        raise DataError(
+            f"data.unlabeled_dir: '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)}); add images, or leave "
+            "data.unlabeled_dir empty"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    tops = [p.relative_to(root).parts for p in files]
+    known = all(len(t) >= 2 and t[0] in index for t in tops)
+    labels = np.array([index[t[0]] if known else -1 for t in tops], dtype=np.int64)
+    dec = decode_images(files, size, channels, cache_dir, desc=root.name)
+    if not dec.ok.any():
+        raise DataError(f"data.unlabeled_dir: none of the {len(files)} image files under '{root}' can be read "
+                        f"(e.g. {dec.skipped[0][0]}: {dec.skipped[0][1]})")
+    return dec.x, labels[dec.ok], dec.skipped
+
+
+def stratified_holdout(y: np.ndarray, fraction: float, classes: list[str]) -> np.ndarray:
+    """Boolean test mask: round(fraction * n_c) images of each class (at least 1, leaving at least 1 to train on),
+    drawn with a fixed seed so that every run sees the same test set."""
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    test = np.zeros(len(y), dtype=bool)
+    for c, name in enumerate(classes):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < 2:
+            raise DataError(
+                f"data.holdout: class '{name}' has {len(idx)} readable labeled image, so none can be held out "
+                "for testing; add images to it, or give a separate test folder with data.test_dir"
+            )
+        k = min(len(idx) - 1, max(1, int(fraction * len(idx) + 0.5)))
+        test[rng.permutation(idx)[:k]] = True
+    return test
+
+
+# ----------------------------------------------------------------------------- the data source
+
+
+@dataclass(frozen=True, eq=False)
+class FolderArrays(ImageArrays):
+    """ImageArrays of a folder source: x_train holds the labeled training images, then the unlabeled ones."""
+
+    n_labeled: int
+    info: dict[str, Any]
+
+
+def _report_skipped(skipped: list[tuple[str, str]]) -> dict[str, Any]:
+    """Print one warning for all skipped files and return the summary kept in the data's info."""
+    if not skipped:
+        return {"count": 0, "examples": []}
+    zero = sum(r == "zero-byte file" for _, r in skipped)
+    lines = "\n".join(f"  {p}: {r}" for p, r in skipped[:_EXAMPLES])
+    more = f"\n  ... and {len(skipped) - _EXAMPLES} more" if len(skipped) > _EXAMPLES else ""
+    print(f"dytrim: warning: skipped {len(skipped)} unreadable image files ({zero} zero-byte, "
+          f"{len(skipped) - zero} that cannot be decoded):\n{lines}{more}", file=sys.stderr)
+    examples = [{"path": p, "reason": r} for p, r in skipped[:_EXAMPLES]]
+    return {"count": len(skipped), "zero_byte": zero, "examples": examples}
+
+
+def read_folder_source(cfg: DataConfig) -> FolderArrays:
+    """Read labeled, unlabeled and test folders (or the hold-out) into one FolderArrays."""
+    size, ch = (cfg.image_size, cfg.image_size), cfg.channels
+    cache = cache_root(cfg) / "folders"
+    lb_root = Path(cfg.labeled_dir).expanduser()
+    classes, x_lb, y_lb, skipped = read_class_tree(lb_root, "data.labeled_dir", size, ch, cache)
+    if cfg.test_dir:
+        test_root = Path(cfg.test_dir).expanduser()
+        t_classes, x_te, y_te, t_skipped = read_class_tree(test_root, "data.test_dir", size, ch, cache)
+        if t_classes != classes:
+            missing, extra = sorted(set(classes) - set(t_classes)), sorted(set(t_classes) - set(classes))
+            raise DataError(
+                f"data.test_dir: its classes differ from data.labeled_dir's (missing: {missing or 'none'}; "
+                f"extra: {extra or 'none'}); give '{test_root}' exactly the class sub-folders of '{lb_root}'"
+            )
+        skipped += t_skipped
+        test_source = f"data.test_dir ({test_root})"
+    else:
+        test = stratified_holdout(y_lb, cfg.holdout, classes)
+        x_te, y_te, x_lb, y_lb = x_lb[test], y_lb[test], x_lb[~test], y_lb[~test]
+        test_source = (f"stratified hold-out of {cfg.holdout:.0%} of each class's labeled images (at least one; "
+                       "a fixed draw, the same for every seed), not used for training")
+    if cfg.unlabeled_dir:
+        x_u, y_u, u_skipped = read_unlabeled(Path(cfg.unlabeled_dir).expanduser(), classes, size, ch, cache)
+        skipped += u_skipped
+    else:
+        x_u, y_u = np.empty((0, *size, ch), dtype=np.uint8), np.empty(0, dtype=np.int64)
+    info = {
+        "labeled_dir": str(lb_root),
+        "unlabeled_dir": cfg.unlabeled_dir or None,
+        "test": test_source,
+        "image_size": cfg.image_size,
+        "channels": ch,
+        "unlabeled_labels": "unknown: ignore pseudo_acc in metrics.jsonl (measured only with class-named sub-folders)"
+        if (y_u < 0).any() else "from class-named sub-folders (reporting only: pseudo_acc)",
+        "skipped_files": _report_skipped(skipped),
+        "cache_dir": str(cache),
+    }
+    return FolderArrays(
+        x_train=np.concatenate([x_lb, x_u]),
+        y_train=np.concatenate([y_lb, y_u]),
+        x_test=x_te,
+        y_test=y_te,
+        classes=classes,
+        n_labeled=len(y_lb),
+        info=info,
+    )
+
+
+def folder_split(cfg: DataConfig, arrays: ImageArrays, seed: int) -> Split:
+    """The folders are the split: labeled = the labeled images; unlabeled = the unlabeled folder, plus the labeled
+    images with data.pool=paper (as the reference pools). Unknown unlabeled labels give empty ulb_counts."""
+    assert isinstance(arrays, FolderArrays)
+    n_lb, n = arrays.n_labeled, len(arrays.y_train)
+    lb_idx = np.arange(n_lb, dtype=np.int64)
+    ulb_idx = np.arange(0 if cfg.pool == "paper" else n_lb, n, dtype=np.int64)
+    c = len(arrays.classes)
+    y_u = arrays.y_train[ulb_idx]
+    return Split(
+        lb_idx=lb_idx,
+        ulb_idx=ulb_idx,
+        lb_counts=np.bincount(arrays.y_train[:n_lb], minlength=c).tolist(),
+        ulb_counts=np.bincount(y_u, minlength=c).tolist() if (y_u >= 0).all() else [],
+    )
+
+
+def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 NHWC images in [0, 1], rounded to 4 digits (the Normalize constants)."""
+    c = x.shape[-1]
+    s, s2, n = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(x), chunk):
+        b = x[i : i + chunk].reshape(-1, c).astype(np.float64) / 255.0
+        s += b.sum(0)
+        s2 += (b * b).sum(0)
+        n += len(b)
+    mean = s / max(n, 1)
+    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 0.0))
+    std = np.where(std > 1e-3, std, 1.0)  # a constant channel: leave its scale alone
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def describe(data: Any, pool: str) -> dict[str, Any]:
+    """`dytrim data info` for a folder source: per-class counts (by name), the estimated gamma_l and the facts."""
+    counts = data.counts()
+    lb = counts["labeled"]
+    head, tail = int(np.argmax(lb)), int(np.argmin(lb))
+    per_class = {
+        name: {"labeled": lb[i], "test": counts["test"][i], **({"unlabeled": counts["unlabeled"][i]}
+                                                             if counts["unlabeled"] else {})}
+        for i, name in enumerate(data.classes)
+    }
+    return {
+        "data": "folder",
+        "classes": data.classes,
+        "per_class": per_class,
+        "total": {
+            "labeled": int(sum(lb)),
+            "unlabeled_folder": len(data.y_train) - len(data.lb_idx),
+            "unlabeled_pool": len(data.ulb_idx),
+            "test": int(sum(counts["test"])),
+        },
+        "pool": f"{pool}: the unlabeled pool is the unlabeled folder"
+        + (" plus the labeled training images" if pool == "paper" else ""),
+        "imbalance": {
+            "gamma_l_estimated": round(lb[head] / max(lb[tail], 1), 2),
+            "head": f"{data.classes[head]} ({lb[head]})",
+            "tail": f"{data.classes[tail]} ({lb[tail]})",
+        },
+        "normalize": {"mean": list(data.mean), "std": list(data.std)},
+        **data.info,
+    }

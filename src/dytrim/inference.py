@@ -1,0 +1,190 @@
+"""A trained run as a predictor: its EMA model, data card and debiasers; image files in, class names out.
+
+Predictions are those of the EMA model in eval mode (as every reported metric). Where the run used a
+debiaser that changes predictions (CDMAD / DyTrim: z(x) - z(I); post-hoc logit adjustment), the debiased
+logits come from the same `eval_logits` hooks, chained in config order, as the training loop's evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from dytrim.config import ConfigError, RunConfig, config_from_dict, parse_override, set_key, validate
+from dytrim.data.folder import BadImage, is_image_file, list_images, load_image
+from dytrim.data.readers import DataError
+from dytrim.datacard import DataCard, read_card
+from dytrim.debias import create_components
+from dytrim.engine.checkpoint import load_latest
+from dytrim.engine.evaluate import predict_logits
+from dytrim.engine.hooks import Component
+from dytrim.models import create_model
+
+
+@dataclass
+class TrainedRun:
+    """Everything needed to predict like the run's evaluation did."""
+
+    run_dir: Path
+    cfg: RunConfig
+    card: DataCard
+    model: nn.Module  # the EMA model, eval mode
+    step: int
+    checkpoint: Path
+    debiasers: list[Component]  # components whose eval_logits change predictions
+    device: torch.device
+
+    @property
+    def debias_methods(self) -> list[str]:
+        return [c.name for c in self.debiasers]
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(raw, debiased or None) logits [N, K] for uint8 images [N, C, H, W]."""
+        card = self.card
+        z = predict_logits(self.model, x.to(self.device), tuple(card.mean), tuple(card.std), batch_size)
+        if not self.debiasers:
+            return z, None
+        adjusted = z
+        for c in self.debiasers:
+            out = c.eval_logits(adjusted)
+            adjusted = out if out is not None else adjusted
+        return z, adjusted
+
+
+def _overrides_eval_logits(c: Component) -> bool:
+    return type(c).eval_logits is not Component.eval_logits
+
+
+def _bind_context(cfg: RunConfig, card: DataCard, model: nn.Module, device: torch.device) -> SimpleNamespace:
+    """The parts of a Trainer that a debiaser's `bind` and `eval_logits` read, rebuilt without the training data
+    (an empty image tensor of the right shape stands for x_train)."""
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    data = SimpleNamespace(
+        name=card.source, classes=card.classes, num_classes=card.num_classes, in_channels=card.channels,
+        mean=tuple(card.mean), std=tuple(card.std),
+        x_train=torch.zeros(0, card.channels, card.height, card.width, dtype=torch.uint8, device=device),
+        y_train=empty, lb_idx=empty, ulb_idx=empty,
+        split=SimpleNamespace(lb_counts=card.lb_counts, ulb_counts=[]),
+    )
+    return SimpleNamespace(cfg=cfg, device=device, model=model, ema=SimpleNamespace(model=model), data=data,
+                           components=[])
+
+
+def _debiasers(cfg: RunConfig, card: DataCard, model: nn.Module, state: dict[str, Any], device: torch.device
+               ) -> list[Component]:
+    """The run's components that change predictions, bound to the loaded EMA model."""
+    chosen = [c for c in create_components(cfg, card.lb_counts) if _overrides_eval_logits(c)]
+    ctx = _bind_context(cfg, card, model, device)
+    ctx.components = chosen
+    for c in chosen:
+        try:
+            c.bind(ctx)
+            c.load_state_dict(state.get("components", {}).get(c.name, {}))
+        except (AttributeError, KeyError, RuntimeError) as exc:
+            raise ConfigError(
+                f"debias method '{c.name}' cannot be rebuilt for prediction without its training state ({exc}); "
+                "evaluate this run with the training loop instead"
+            ) from exc
+    return chosen
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] = ()) -> TrainedRun:
+    """Load a run directory's config, data card and newest valid checkpoint (its EMA model)."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"RUN_DIR: '{run}' has no config.yaml, so it is not a dytrim run directory; pass the "
+                          "--out folder of `dytrim train`")
+    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    for text in overrides:  # e.g. --set data.root=... when the data moved
+        set_key(cfg, *parse_override(text))
+    validate(cfg)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto"
+                       else device)
+    found = load_latest(run, dev)
+    if found is None:
+        raise ConfigError(f"RUN_DIR: '{run}' has no readable checkpoint (ckpt_*.pt); the run stopped before its "
+                          f"first checkpoint. Continue it with `dytrim train --resume {run}`")
+    state, path = found
+    card = read_card(run, cfg)
+    model = create_model(cfg.model.name, card.num_classes, in_channels=card.channels).to(dev)
+    model.load_state_dict(state["ema"])
+    model.eval()
+    return TrainedRun(run, cfg, card, model, int(state["step"]), path, _debiasers(cfg, card, model, state, dev), dev)
+
+
+# ----------------------------------------------------------------------------- image files
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named by `inputs` (files, or folders searched at any depth), in the given order."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise DataError(f"IMAGES: folder '{p}' holds no image files; pass image files or folders of them")
+            out += found
+        elif p.is_file():
+            if not is_image_file(p):
+                raise DataError(f"IMAGES: '{p}' is not an image file (.png, .jpg, .jpeg, .webp, ...)")
+            out.append(p)
+        else:
+            raise DataError(f"IMAGES: '{p}' does not exist")
+    if not out:
+        raise DataError("IMAGES: no image files given")
+    return out
+
+
+def image_batches(paths: Sequence[Path], card: DataCard, batch_size: int
+                  ) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
+    """Decode files like the training images, in batches: (readable paths, uint8 NHWC, skipped (path, why))."""
+    for i in range(0, len(paths), batch_size):
+        good, xs, bad = [], [], []
+        for p in paths[i : i + batch_size]:
+            try:
+                xs.append(load_image(p, (card.height, card.width), card.channels))
+                good.append(p)
+            except BadImage as exc:
+                bad.append((p, str(exc)))
+        yield good, np.stack(xs) if xs else np.empty((0, card.height, card.width, card.channels), np.uint8), bad
+
+
+def to_nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def predict_files(run: TrainedRun, paths: Sequence[Path], batch_size: int = 256, progress: bool = True
+                  ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """One row per readable file: path, pred (class name), prob, and pred_debiased / prob_debiased where the run
+    has a debiaser; plus the skipped files."""
+    rows, skipped = [], []
+    classes = run.card.classes
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True, mininterval=0.5)
+    for good, x, bad in image_batches(paths, run.card, batch_size):
+        skipped += bad
+        bar.update(len(good) + len(bad))
+        if not good:
+            continue
+        raw, debiased = run.logits(to_nchw(x), batch_size)
+        p_raw = torch.softmax(raw, -1).cpu()
+        p_deb = torch.softmax(debiased, -1).cpu() if debiased is not None else None
+        for j, path in enumerate(good):
+            k = int(p_raw[j].argmax())
+            row: dict[str, Any] = {"path": str(path), "pred": classes[k], "prob": round(float(p_raw[j, k]), 6)}
+            if p_deb is not None:
+                kd = int(p_deb[j].argmax())
+                row |= {"pred_debiased": classes[kd], "prob_debiased": round(float(p_deb[j, kd]), 6)}
+            rows.append(row)
+    bar.close()
+    return rows, skipped

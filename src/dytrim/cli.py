@@ -89,8 +89,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--out: '{out}' already holds a run; continue it with --resume {out} or pick a new --out"
             )
+    fresh = not out.exists()
     _check_writable(out)
-    trainer = Trainer(cfg, out)
+    try:
+        trainer = Trainer(cfg, out)
+    except (ConfigError, DataError):
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that never started leaves nothing behind
+        raise
     main_rank = trainer.dist.main  # under torchrun only rank 0 writes
     card = write_card(out, trainer.data) if main_rank else None  # classes + preprocessing, for eval/predict/export
     try:

@@ -1,0 +1,91 @@
+"""Bad input never corrupts anything: each mistake stops before training with a message naming the key
+or file and the fix, exit code 2, and no output left behind; plus property tests over config overrides."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dytrim.cli import main
+from dytrim.config import ConfigError, RunConfig, all_keys, get_key, load_config, parse_override
+
+BASE = ["train", "--preset", "mnist-lt-fixmatch", "--set", "train.progress=false"]
+
+
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (["train.stpes=3"], ["train.stpes", "did you mean 'train.steps'"]),
+        (["train.steps=many"], ["train.steps", "expects int"]),
+        (["ssl.p_cutoff=high"], ["ssl.p_cutoff", "expects float"]),
+        (["data.imb_ratio_l=0.5"], ["data.imb_ratio_l", ">= 1"]),
+        (["data.imb_ratio_u=0"], ["data.imb_ratio_u", "reverse_u"]),
+        (["data.n1=99999"], ["data.n1", "class 0"]),
+        (["data.m1=99999"], ["data.m1", "class 0"]),
+        (["data.root=/nonexistent/place"], ["data.root", "not found", "fix:"]),
+        (["debias.methods=cdmda"], ["debias.methods", "did you mean 'cdmad'"]),
+        (["model.name=wrn28"], ["model.name", "did you mean"]),
+        (["prune.keep_rate=1.5"], ["prune.keep_rate", "(0, 1]"]),
+        (["optim.lr=-1"], ["optim.lr", "> 0"]),
+    ],
+)
+def test_bad_config_or_data_stops_cleanly(tmp_path, capsys, overrides, needles) -> None:
+    out = tmp_path / "run"
+    args = [x for o in overrides for x in ("--set", o)]
+    assert main([*BASE, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.lower()
+    for needle in needles:
+        assert needle.lower() in err, err
+    assert not out.exists()  # nothing written, not even an empty run directory
+
+
+def test_unwritable_output_dir(tmp_path, capsys) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main([*BASE, "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "writable" in err
+
+
+def test_truncated_data_file_names_file_and_fix(tmp_path, capsys) -> None:
+    bad = tmp_path / "mnist10k.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    out = tmp_path / "run"
+    assert main([*BASE, "--set", f"data.root={bad}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "mnist10k.npz" in err and not out.exists()
+
+
+KEYS = [k for k in all_keys(RunConfig()) if k not in ("preset",)]
+VALUES = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                   st.text(max_size=12), st.none())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(KEYS), value=VALUES)
+def test_any_override_is_accepted_valid_or_refused_by_key(key, value) -> None:
+    """Whatever value a key gets, load_config returns a config that validates or raises ConfigError that
+    names a key; never another exception, never a NaN or infinite number accepted."""
+    try:
+        cfg = load_config("mnist-lt-fixmatch", [f"{key}={value}"])
+    except ConfigError as exc:
+        msg = str(exc)
+        assert key in msg or any(k in msg for k in [*KEYS, "aug"]), msg  # names the key (or the one it conflicts with)
+        return
+    got = get_key(cfg, key)
+    if isinstance(got, float):
+        assert math.isfinite(got), f"{key}={got} accepted"
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(min_size=1, max_size=30))
+def test_any_override_text_parses_or_refuses(text) -> None:
+    try:
+        key, _ = parse_override(text)
+        load_config("mnist-lt-fixmatch", [text])
+    except ConfigError:
+        return
+    assert key in KEYS or key == "preset"

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which images, and how the long-tailed labeled/unlabeled split is drawn."""
 
-    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist10k | folder (your own images)
+    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist10k | stl10 | folder (your own images)
     root: str = ""  # data directory or file; "" = default location (the embedded file for mnist10k)
     n1: int = 1500  # labeled images of the head class
     m1: int = 3000  # unlabeled images of the head class (of the unlabeled profile's largest class)
@@ -42,7 +42,7 @@ class DataConfig:
     unlabeled_dir: str = ""  # images of unknown class, any layout ("" = none: pool=paper then reuses the labeled ones)
     test_dir: str = ""  # same layout as labeled_dir; "" = a stratified hold-out of the labeled images
     holdout: float = 0.2  # without test_dir: fraction of each class's labeled images held out as the test set
-    image_size: int = 32  # images are resized (shorter side) and centre-cropped to image_size x image_size
+    image_size: int = 32  # folder: resize (shorter side) + centre-crop to this square; stl10: resize 96 -> this
     channels: int = 3  # 3 = RGB, 1 = grayscale
     cache_dir: str = ""  # decoded uint8 arrays are cached here; "" = $DYTRIM_CACHE, else ~/.cache/dytrim
 
@@ -169,7 +169,7 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "mnist10k", "folder"),
+    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "mnist10k", "folder", "stl10"),
     "data.pool": ("paper", "disjoint"),
     "ssl.name": ("fixmatch", "flexmatch", "freematch", "supervised"),
     "optim.name": ("adam", "sgd"),
@@ -358,6 +358,7 @@ def validate(cfg: RunConfig) -> None:
     _check(d.m1 >= 0, "data.m1", f"must be >= 0; got {d.m1}")
     _check(d.test_per_class >= 1, "data.test_per_class", f"must be >= 1; got {d.test_per_class}")
     _check(d.eval_subset >= 0, "data.eval_subset", f"must be >= 0 (0 = whole test set); got {d.eval_subset}")
+    _check(d.image_size >= 16, "data.image_size", f"must be >= 16 (smallest model input); got {d.image_size}")
     folder_keys = [k for k in ("labeled_dir", "unlabeled_dir", "test_dir") if getattr(d, k)]
     if d.name != "folder" and folder_keys:
         raise ConfigError(
@@ -372,7 +373,6 @@ def validate(cfg: RunConfig) -> None:
             "data.holdout",
             "no test set: set data.test_dir to a folder laid out like data.labeled_dir, or data.holdout > 0",
         )
-        _check(d.image_size >= 16, "data.image_size", f"must be >= 16 (smallest model input); got {d.image_size}")
         _check(d.channels in (1, 3), "data.channels", f"must be 3 (RGB) or 1 (grayscale); got {d.channels}")
         _check(
             bool(d.unlabeled_dir) or d.pool == "paper" or s.name == "supervised",

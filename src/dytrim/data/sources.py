@@ -22,6 +22,7 @@ from dytrim.data.readers import (
     read_mnist,
     read_mnist10k,
 )
+from dytrim.data.stl10 import read_stl10, stl10_split
 from dytrim.registry import Registry
 
 
@@ -111,6 +112,15 @@ SOURCES.register("fashion_mnist")(
     )
 )
 SOURCES.register("mnist10k")(lambda: Source(_mnist10k, MNIST_MEAN, MNIST_STD, lambda s: False))
+SOURCES.register("stl10")(
+    lambda: Source(
+        lambda c: read_stl10(c, data_root(c)),
+        CIFAR10_MEAN,  # the reference codes normalise STL-10 with the CIFAR-10 constants
+        CIFAR10_STD,
+        lambda seed: False,
+        split=stl10_split,
+    )
+)
 SOURCES.register("folder")(lambda: Source(read_folder_source, (), (), lambda s: False, split=folder_split))
 
 

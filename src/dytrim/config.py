@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which images, and how the long-tailed labeled/unlabeled split is drawn."""
 
-    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist10k | stl10 | folder (your own images)
+    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist10k | stl10 | smallimagenet127 | folder
     root: str = ""  # data directory or file; "" = default location (the embedded file for mnist10k)
     n1: int = 1500  # labeled images of the head class
     m1: int = 3000  # unlabeled images of the head class (of the unlabeled profile's largest class)
@@ -169,7 +169,7 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "mnist10k", "folder", "stl10"),
+    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "mnist10k", "folder", "stl10", "smallimagenet127"),
     "data.pool": ("paper", "disjoint"),
     "ssl.name": ("fixmatch", "flexmatch", "freematch", "supervised"),
     "optim.name": ("adam", "sgd"),

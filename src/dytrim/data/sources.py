@@ -13,6 +13,9 @@ import torch
 
 from dytrim.config import ConfigError, DataConfig
 from dytrim.data.folder import channel_stats, folder_split, read_folder_source
+from dytrim.data.imagenet127 import MEAN as IN127_MEAN
+from dytrim.data.imagenet127 import STD as IN127_STD
+from dytrim.data.imagenet127 import imagenet127_split, read_imagenet127
 from dytrim.data.longtail import Split, SplitError, build_split, longtail_counts
 from dytrim.data.readers import (
     FASHION_MNIST_CLASSES,
@@ -120,6 +123,10 @@ SOURCES.register("stl10")(
         lambda seed: False,
         split=stl10_split,
     )
+)
+SOURCES.register("smallimagenet127")(
+    lambda: Source(lambda c: read_imagenet127(c, data_root(c)), IN127_MEAN, IN127_STD, lambda seed: False,
+                   split=imagenet127_split)
 )
 SOURCES.register("folder")(lambda: Source(read_folder_source, (), (), lambda s: False, split=folder_split))
 

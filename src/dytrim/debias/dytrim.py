@@ -8,6 +8,10 @@ class-aware with prune ratio r_c = π_θ(I)_c (the labeled class frequency befor
 unlabeled data softly with keep rate r and weight 1/r. After `prune.anneal` of training: full data,
 unit weights. Listed with `cdmad` (the reference recipe) it reuses CDMAD's per-step z(I); alone it
 computes z(I) itself.
+
+Differences from the reference code, on purpose: its loaders are re-created at every 500-iteration epoch,
+which reshuffles the current kept list mid-pass without re-pruning (here a pass runs to its end); and its
+annealing test uses the epoch count, here the step clock (step >= delta * train.steps).
 """
 
 from __future__ import annotations

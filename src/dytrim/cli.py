@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dytrim import cli_model  # eval / predict / export: commands that use a trained run
 
     cli_model.add_parsers(sub)
+
+    from dytrim.dynamics import commands as dynamics_commands  # dynamics decompose | split | ... (figures)
+
+    dynamics_commands.add_parser(sub)
     return parser
 
 
@@ -167,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             from dytrim import cli_model
 
             return cli_model.run(args)
+        if args.command == "dynamics":
+            from dytrim.dynamics import commands as dynamics_commands
+
+            return dynamics_commands.run(args)
         return cmd_data_info(args)
     except (ConfigError, DataError) as exc:
         print(f"dytrim: error: {exc}", file=sys.stderr)

@@ -37,6 +37,8 @@ def test_keep_labeled_counts_and_highest_scores() -> None:
         if len(mine) and len(others):
             assert scores[mine].min() > scores[others].max()  # the kept are the highest scores
     assert [int((labels[kept] == c).sum()) for c in range(5)] == [29, 23, 1, 9, 0]
+    floor = keep_labeled(scores, labels, r, min_keep=3)  # option: never fewer than 3 (or N_c) per class
+    assert [int((labels[floor] == c).sum()) for c in range(5)] == [29, 23, 3, 9, 3]
 
 
 def test_keep_labeled_reference_example() -> None:

@@ -105,6 +105,7 @@ class PruneConfig:
     labeled: bool = True  # class-aware hard pruning of labeled data (prune ratio r_c = pi_theta(I)_c)
     unlabeled: bool = True  # confidence-gated soft pruning of unlabeled data (InfoBatch-style)
     rescale: bool = True  # weight 1/keep_rate on randomly kept low-score unlabeled samples
+    min_keep: int = 0  # labeled images kept per class at least (reference 0: a 1-image class can vanish)
     keep_rate: float = 0.3  # r: keep probability of low-score, confident unlabeled samples (reference 0.3)
     anneal: float = 0.875  # delta: after this fraction of train.steps use the full data with unit weights
     tau: float = 0.0  # debiased-confidence gate: only samples with max softmax(z(u) - z(I)) >= tau are soft-pruned
@@ -422,6 +423,7 @@ def validate(cfg: RunConfig) -> None:
     _check(0 < pr.keep_rate <= 1, "prune.keep_rate", f"must be in (0, 1]; got {pr.keep_rate}")
     _check(0 <= pr.anneal <= 1, "prune.anneal", f"must be in [0, 1] (fraction of train.steps); got {pr.anneal}")
     _check(0 <= pr.tau <= 1, "prune.tau", f"must be in [0, 1]; got {pr.tau}")
+    _check(pr.min_keep >= 0, "prune.min_keep", f"must be >= 0; got {pr.min_keep}")
     _check(pr.epoch_steps >= 1, "prune.epoch_steps", f"must be >= 1; got {pr.epoch_steps}")
     _check(a.pad >= 0 and a.cutout >= 0 and a.n_ops >= 0, "aug", "pad, cutout and n_ops must be >= 0")
     _check(0 <= a.magnitude <= 30, "aug.magnitude", f"must be in [0, 30]; got {a.magnitude}")

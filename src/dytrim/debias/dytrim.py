@@ -92,7 +92,7 @@ class DyTrim(Component):
         if first or self.annealing() or not self.p.labeled:
             return torch.arange(self.n_lb)
         self.prune_ratio = self.current_prune_ratio()
-        kept = keep_labeled(self.score_lb, self.lb_labels, self.prune_ratio)
+        kept = keep_labeled(self.score_lb, self.lb_labels, self.prune_ratio, self.p.min_keep)
         return kept if len(kept) else torch.arange(self.n_lb)
 
     def _select_unlabeled(self) -> torch.Tensor:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import torch
 
 
-def keep_labeled(scores: torch.Tensor, labels: torch.Tensor, prune_ratio: torch.Tensor) -> torch.Tensor:
-    """Positions kept by class-aware hard pruning: per class c, the int((1 - r_c)·N_c) highest scores.
+def keep_labeled(
+    scores: torch.Tensor, labels: torch.Tensor, prune_ratio: torch.Tensor, min_keep: int = 0
+) -> torch.Tensor:
+    """Positions kept by class-aware hard pruning: per class c, the int((1 - r_c)·N_c) highest scores
+    (at least min(min_keep, N_c); the reference uses 0, which drops a 1-image class entirely).
 
     `scores` [N] latest supervised losses, `labels` [N] class ids, `prune_ratio` [C] r_c in [0, 1].
     Ties are broken by position (stable sort), so the choice is deterministic. Returns sorted positions.
@@ -22,7 +25,7 @@ def keep_labeled(scores: torch.Tensor, labels: torch.Tensor, prune_ratio: torch.
     kept = []
     for c in range(len(r)):
         pos = torch.nonzero(labels == c).flatten()
-        n_keep = int((1.0 - float(r[c])) * len(pos))
+        n_keep = max(int((1.0 - float(r[c])) * len(pos)), min(min_keep, len(pos)))
         if n_keep > 0:
             order = torch.sort(scores[pos], descending=True, stable=True).indices
             kept.append(pos[order[:n_keep]])

@@ -11,8 +11,8 @@ from dytrim.models.wrn import WideResNet
 
 ALL = list_models()
 CHEAP = [
-    n for n in ALL if n != "wrn_28_8"
-]  # wrn_28_8 (23M params, same code as wrn) only gets the basic sweep
+    n for n in ALL if n not in ("wrn_28_8", "resnet50", "vit_small")
+]  # the big ones (wrn_28_8 = wrn code; resnet50, vit_small: tests/test_backbones.py) only get the basic sweep
 
 
 @pytest.fixture(autouse=True)

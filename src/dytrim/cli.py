@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dytrim.dynamics import commands as dynamics_commands  # dynamics decompose | split | ... (figures)
 
     dynamics_commands.add_parser(sub)
+
+    from dytrim.report import command as report_command  # report DIR... --out: md/html report with figures
+
+    report_command.add_parser(sub)
     return parser
 
 
@@ -175,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             from dytrim.dynamics import commands as dynamics_commands
 
             return dynamics_commands.run(args)
+        if args.command == "report":
+            from dytrim.report import command as report_command
+
+            return report_command.run(args)
         return cmd_data_info(args)
     except (ConfigError, DataError) as exc:
         print(f"dytrim: error: {exc}", file=sys.stderr)

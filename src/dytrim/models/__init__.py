@@ -30,6 +30,6 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-from . import cnn, wrn  # noqa: E402,F401  (registers the models; must follow register_model)
+from . import cnn, resnet, vit, wrn  # noqa: E402,F401  (registers the models; must follow register_model)
 
 __all__ = ["MODELS", "register_model", "create_model", "list_models"]

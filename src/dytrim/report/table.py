@@ -1,0 +1,113 @@
+"""The comparison table (final and mean-of-last-20 bACC/GM, raw and debiased, wall time, updates) and the runs
+table, as cells that render to both Markdown and HTML; the best value of each metric column is bold."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from .runs import RunRecord, as_number
+
+METRICS = (("bacc", "bACC"), ("gm", "GM"), ("bacc_debiased", "bACC deb."), ("gm_debiased", "GM deb."))
+LAST_N = 20
+
+
+@dataclass
+class Table:
+    """Header, rows of text cells, and which cells are the best of their column (rendered bold)."""
+
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]]
+
+    def markdown(self) -> str:
+        def cell(i: int, j: int, text: str) -> str:
+            return f"**{text}**" if (i, j) in self.bold else text
+
+        lines = ["| " + " | ".join(self.header) + " |", "|" + "|".join("---" for _ in self.header) + "|"]
+        lines += ["| " + " | ".join(cell(i, j, t) for j, t in enumerate(row)) + " |" for i, row in enumerate(self.rows)]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        def cell(i: int, j: int, text: str) -> str:
+            body = html.escape(text)
+            return f"<td><b>{body}</b></td>" if (i, j) in self.bold else f"<td>{body}</td>"
+
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "\n".join(
+            "<tr>" + "".join(cell(i, j, t) for j, t in enumerate(row)) + "</tr>" for i, row in enumerate(self.rows)
+        )
+        return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def mean_last(record: RunRecord, key: str, n: int = LAST_N) -> float | None:
+    """Mean of the last n evaluations of a metric (None if the run never logged it)."""
+    _, values = record.series(key)
+    return sum(values[-n:]) / len(values[-n:]) if values else None
+
+
+def updates(record: RunRecord) -> tuple[int | None, bool]:
+    """Optimizer updates, and whether they were inferred from the step count (runs before the counter)."""
+    for source in (record.summary, record.rows[-1], record.rows[-1].get("pruning") or {}):
+        num = as_number(source.get("updates"))
+        if num is not None:
+            return int(num), False
+    steps = as_number(record.summary.get("steps", record.rows[-1]["step"]))
+    return (int(steps), True) if steps is not None else (None, True)
+
+
+def wall_seconds(record: RunRecord) -> float | None:
+    return as_number(record.summary.get("wall_s", record.rows[-1].get("wall_s")))
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def comparison_table(records: list[RunRecord]) -> Table:
+    """One row per run: the final model's metrics, the mean of the last 20 evaluations, wall time, updates."""
+    header = ["run", "final on"]
+    header += [f"final {label}" for _, label in METRICS] + [f"last-{LAST_N} {label}" for _, label in METRICS]
+    header += ["wall time", "updates"]
+    values: list[list[float | None]] = []
+    rows = []
+    for r in records:
+        final, where = r.final()
+        nums = [as_number(final.get(k)) for k, _ in METRICS] + [mean_last(r, k) for k, _ in METRICS]
+        values.append(nums)
+        count, inferred = updates(r)
+        wall = format_duration(wall_seconds(r))
+        done = "—" if count is None else f"{count}{'†' if inferred else ''}"
+        rows.append([r.name, where, *map(_pct, nums), wall, done])
+    bold: set[tuple[int, int]] = set()
+    for j in range(len(METRICS) * 2):
+        column = [v[j] for v in values]
+        present = [v for v in column if v is not None]
+        if len(present) > 1:
+            best = max(present)
+            bold |= {(i, j + 2) for i, v in enumerate(column) if v is not None and round(v, 4) == round(best, 4)}
+    return Table(header, rows, bold)
+
+
+def runs_table(records: list[RunRecord]) -> Table:
+    """What each run is: preset, data, model, method, length, seed, machine and code revision."""
+    header = ["run", "directory", "data", "model", "SSL", "debias", "steps (planned)", "evals", "seed", "machine"]
+    header.append("git")
+    rows = []
+    for r in records:
+        d = r.describe()
+        rows.append([
+            r.name, str(r.path), d["data"], d["model"], d["ssl"], d["debias"], f"{d['steps']} ({d['planned']})",
+            str(len(r.rows)), d["seed"], d["machine"], d["git"],
+        ])
+    return Table(header, rows, set())

@@ -31,6 +31,7 @@ def evaluate_run(run: Path) -> list[str]:
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     data = load_data(cfg.data, cfg.seed, "cpu")
     state, path = load_latest(run)
+    label = f"{run.parent.name}/{run.name}" if run.name.startswith("seed") else run.name  # accuracy.py layout
     model = create_model(cfg.model.name, data.num_classes, in_channels=data.in_channels)
     model.load_state_dict(state["ema"])
     logits = predict_logits(model, data.x_test, data.mean, data.std)
@@ -43,11 +44,11 @@ def evaluate_run(run: Path) -> list[str]:
             m = classification_metrics((logits - z_i).argmax(-1), y, c, counts)
             prior = torch.softmax(z_i, -1)
             rows.append(
-                f"| {run.name} | {path.name} | {kind} | {mode} | {100 * m['bacc']:.2f} | {100 * m['gm']:.2f} | "
+                f"| {label} | {path.name} | {kind} | {mode} | {100 * m['bacc']:.2f} | {100 * m['gm']:.2f} | "
                 f"{[round(float(p), 2) for p in prior]} |"
             )
     raw = classification_metrics(logits.argmax(-1), y, c, counts)
-    rows.insert(0, f"| {run.name} | {path.name} | (raw) | – | {100 * raw['bacc']:.2f} | {100 * raw['gm']:.2f} | – |")
+    rows.insert(0, f"| {label} | {path.name} | (raw) | – | {100 * raw['bacc']:.2f} | {100 * raw['gm']:.2f} | – |")
     return rows
 
 

@@ -148,7 +148,7 @@ def test_dytrim_state_round_trip(tmp_path) -> None:
     da, db = (next(c for c in t.components if isinstance(c, DyTrim)) for t in (a, b))
     for key in ("score_lb", "score_ulb", "conf_ulb", "w_ulb"):
         assert torch.equal(getattr(da, key), getattr(db, key)), key
-    assert torch.equal(a.ulb_sampler.order, b.ulb_sampler.order) and a.ulb_sampler.pos == b.ulb_sampler.pos
+    assert torch.equal(a.ulb_sampler.perm, b.ulb_sampler.perm) and a.ulb_sampler.pos == b.ulb_sampler.pos
     for _ in range(15):  # both continue identically, across a re-selection
         sa, sb = a.train_step(), b.train_step()
         assert sa == sb

@@ -26,9 +26,14 @@ class EpochSampler:
         self.pos = 0
         self.epoch = 0
 
+    def _pool(self) -> torch.Tensor:
+        """Positions the next pass permutes: all of them (a pruning sampler returns its kept list)."""
+        return torch.arange(self.n)
+
     def _new_pass(self) -> None:
-        reps = -(-self.batch_size // self.n)  # a pool smaller than the batch is repeated (tiny splits)
-        self.perm = torch.cat([torch.randperm(self.n, generator=self.gen) for _ in range(reps)])
+        pool = self._pool()
+        reps = -(-self.batch_size // len(pool))  # a pool smaller than the batch is repeated (tiny splits)
+        self.perm = torch.cat([pool[torch.randperm(len(pool), generator=self.gen)] for _ in range(reps)])
         self.pos = 0
         self.epoch += 1
 

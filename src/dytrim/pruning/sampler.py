@@ -8,9 +8,11 @@ from typing import Any
 
 import torch
 
+from dytrim.engine.sampler import EpochSampler
 
-class PrunedSampler:
-    """Batches of positions from `select()`'s current kept list, reshuffled each pass, own RNG.
+
+class PrunedSampler(EpochSampler):
+    """The epoch sampler, except that each pass permutes `select()`'s current kept positions.
 
     `select` returns the kept positions for the next pass (it may also update weights). `renew()`
     forces a new selection at the next draw (per-epoch cadence). A kept list smaller than a batch is
@@ -18,38 +20,26 @@ class PrunedSampler:
     """
 
     def __init__(self, select: Callable[[], torch.Tensor], batch_size: int, seed: int) -> None:
+        super().__init__(1, batch_size, seed)
         self.select = select
-        self.batch_size = batch_size
-        self.gen = torch.Generator().manual_seed(seed)
         self.kept = torch.empty(0, dtype=torch.long)
-        self.order = torch.empty(0, dtype=torch.long)
-        self.pos = 0
-        self.passes = 0
+
+    @property
+    def passes(self) -> int:
+        return self.epoch
 
     def renew(self) -> None:
-        self.pos = len(self.order)
+        self.pos = len(self.perm)
 
-    def _new_pass(self) -> None:
+    def _pool(self) -> torch.Tensor:
         self.kept = self.select().cpu()
         if len(self.kept) == 0:
             raise RuntimeError("pruning kept no samples; lower the prune ratios")
-        reps = -(-self.batch_size // len(self.kept))
-        self.order = torch.cat([self.kept[torch.randperm(len(self.kept), generator=self.gen)] for _ in range(reps)])
-        self.pos = 0
-        self.passes += 1
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > len(self.order):
-            self._new_pass()
-        out = self.order[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return out
+        return self.kept
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "kept": self.kept.clone(), "order": self.order.clone(),
-                "pos": self.pos, "passes": self.passes}
+        return super().state_dict() | {"kept": self.kept.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gen.set_state(state["gen"])
-        self.kept, self.order = state["kept"].clone(), state["order"].clone()
-        self.pos, self.passes = int(state["pos"]), int(state["passes"])
+        super().load_state_dict(state)
+        self.kept = state["kept"].clone()

@@ -64,13 +64,16 @@ def main() -> int:
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--runs-dir", default="runs/accuracy")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: tabulate the runs that have finished and list the missing ones")
     args = ap.parse_args()
     presets = [p for p in args.presets.split(",") if p]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     extra = [x for o in args.overrides for x in ("--set", o)]
-    records = [
-        run_one(p, s, Path(args.runs_dir) / p / f"seed{s}", args.data_root, extra) for p in presets for s in seeds
-    ]
+    wanted = [(p, s, Path(args.runs_dir) / p / f"seed{s}") for p in presets for s in seeds]
+    missing = [f"{p} seed {s}" for p, s, d in wanted if args.finished_only and not (d / "summary.json").exists()]
+    records = [run_one(p, s, d, args.data_root, extra) for p, s, d in wanted
+               if not args.finished_only or (d / "summary.json").exists()]
     lines = [
         f"# Accuracy: {args.name}",
         "",
@@ -100,6 +103,8 @@ def main() -> int:
             f"{col('bacc_debiased_final')} | {col('gm_debiased_final')} | {col('bacc_mean_last20')} | "
             f"{col('bacc_debiased_mean_last20')} | {kls} |"
         )
+    if missing:
+        lines += ["", f"Not run yet (not in the table): {', '.join(missing)}."]
     lines += ["", "Per run (cost: optimiser updates and training images through forward / backward passes):", "",
               "| preset | seed | steps | updates | images fwd | images bwd | train s | wall s | run dir |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -159,7 +159,7 @@ class Trainer:
         loss = (loss_lb * batch.w_lb).mean()
         stats = {"loss_x": float(loss_lb.detach().mean())}
         out = StepOutput(loss_lb=loss_lb.detach(), loss_ulb=None, targets=None, mask=None, logits_ulb_w=None)
-        obs_batch = batch
+        obs_batch, ulb_pos_g = batch, None
         if ulb:
             # pseudo-labels of the global batch on every rank, so thresholds and class status stay in sync
             logits_w, ulb_pos_g = self.dist.gather(logits_w), self.dist.gather(batch.ulb_pos)
@@ -184,17 +184,9 @@ class Trainer:
             stats |= {"loss_u": float(loss_u.detach()), "mask_rate": float(mask_g.mean())}
             if bool((true_u >= 0).any()):
                 stats["pseudo_acc"] = float((hit * known).sum() / known.sum().clamp_min(1e-12))
-            loss_ulb_g = self.dist.gather(loss_ulb.detach().T.contiguous()).T  # [n_strong, global Bu]
-            out = StepOutput(self.dist.gather(out.loss_lb), loss_ulb_g, targets_g, mask_g, logits_w)
-            if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch
-                obs_batch = Batch(
-                    lb_pos=self.dist.gather(batch.lb_pos), x_lb=batch.x_lb, y_lb=self.dist.gather(batch.y_lb),
-                    w_lb=self.dist.gather(batch.w_lb), ulb_pos=ulb_pos_g, w_ulb=self.dist.gather(batch.w_ulb),
-                )
-        elif self.dist.world > 1:
-            out = StepOutput(self.dist.gather(out.loss_lb), None, None, None, None)
-            obs_batch = Batch(lb_pos=self.dist.gather(batch.lb_pos), x_lb=batch.x_lb,
-                              y_lb=self.dist.gather(batch.y_lb), w_lb=self.dist.gather(batch.w_lb))
+            out = StepOutput(out.loss_lb, loss_ulb.detach(), targets_g, mask_g, logits_w)
+        if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch
+            obs_batch, out = self._global_view(batch, out, ulb_pos_g)
         if self.dist.any(not bool(torch.isfinite(loss))):
             raise TrainingDiverged(
                 f"non-finite loss ({float(loss.detach())}) at step {step}; the run stopped and keeps its last good "
@@ -223,6 +215,19 @@ class Trainer:
             vals = self.dist.gather(torch.tensor([[stats[k] for k in keys]], dtype=torch.float64)).mean(0)
             stats |= {k: float(v) for k, v in zip(keys, vals, strict=True)}
         return stats | {"lr": lr}
+
+    def _global_view(
+        self, batch: Batch, out: StepOutput, ulb_pos_g: torch.Tensor | None
+    ) -> tuple[Batch, StepOutput]:
+        """This rank's per-sample batch fields and losses gathered into the global batch (unlabeled positions,
+        targets, mask and weak logits are global already)."""
+        g = self.dist.gather
+        glob = Batch(lb_pos=g(batch.lb_pos), x_lb=batch.x_lb, y_lb=g(batch.y_lb), w_lb=g(batch.w_lb))
+        loss_ulb = None
+        if ulb_pos_g is not None and out.loss_ulb is not None:
+            glob.ulb_pos, glob.w_ulb = ulb_pos_g, g(batch.w_ulb)
+            loss_ulb = g(out.loss_ulb.T.contiguous()).T  # [n_strong, global Bu]
+        return glob, StepOutput(g(out.loss_lb), loss_ulb, out.targets, out.mask, out.logits_ulb_w)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = False) -> dict[str, Any]:

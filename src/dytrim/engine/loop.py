@@ -9,9 +9,11 @@ debiased predictions, and every evaluation probes the baseline image.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from dytrim.engine.optim import build_optimizer, lr_at, set_lr
 from dytrim.engine.sampler import EpochSampler
 from dytrim.metrics import classification_metrics
 from dytrim.models import create_model
+from dytrim.models.pretrained import LoadReport, load_pretrained
 from dytrim.ssl import create_ssl, soft_cross_entropy
 
 
@@ -68,7 +71,9 @@ class Trainer:
         np.random.seed(cfg.seed)
         self.data: LTData = load_data(cfg.data, cfg.seed, self.device)
         d = self.data
-        self.model = create_model(cfg.model.name, d.num_classes, in_channels=d.in_channels).to(self.device)
+        self.model = create_model(cfg.model.name, d.num_classes, in_channels=d.in_channels)
+        self.pretrained = _load_pretrained(self.model, cfg.model) if cfg.model.pretrained else None
+        self.model = self.model.to(self.device)
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
@@ -359,6 +364,8 @@ class Trainer:
         elif main:
             runlog.write_rows(metrics_path, [])
             meta = runlog.run_metadata(cfg.seed) | {"counts": self.data.counts(), "processes": self.dist.world}
+            if self.pretrained is not None:
+                meta["pretrained"] = dataclasses.asdict(self.pretrained)
             atomic_write_text(out / "run.json", _json(meta))
         if main:
             atomic_write_text(out / "config.yaml", dump_yaml(cfg))  # on resume: with its overrides (e.g. steps)
@@ -419,6 +426,17 @@ class Trainer:
             c.on_finish(out, rows)
         self.dist.barrier()
         return summary
+
+
+def _load_pretrained(model: torch.nn.Module, mcfg: Any) -> LoadReport:
+    """model.pretrained: copy the file's matching tensors into the fresh model; anything not clean is warned."""
+    try:
+        report = load_pretrained(model, mcfg.pretrained, key=mcfg.pretrained_key or None)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"model.pretrained: cannot load '{mcfg.pretrained}': {exc}") from exc
+    if not report.clean:
+        warnings.warn(f"model.pretrained: {report}", stacklevel=2)
+    return report
 
 
 def _json(obj: Any) -> str:

@@ -1,0 +1,67 @@
+"""`model.pretrained`: a local weights file is loaded into the fresh model before training, what was loaded is
+recorded in run.json, and a missing or non-matching file stops before training naming the key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dytrim.cli import main
+from dytrim.config import ConfigError, load_config
+from dytrim.engine.loop import Trainer
+from dytrim.models import create_model
+
+BASE = ["train", "--preset", "mnist-lt-fixmatch", "--set", "train.progress=false"]
+
+
+def _foreign_weights(path, head_classes: int = 10) -> dict[str, torch.Tensor]:
+    torch.manual_seed(12345)  # an init the trainer (seed 0) would never draw
+    state = create_model("cnn_small", head_classes, in_channels=1).state_dict()
+    torch.save({"ema_model": state, "step": 7}, path)  # wrapped, as checkpoints of other codes are
+    return state
+
+
+def test_weights_are_loaded_into_the_model(tmp_path) -> None:
+    weights = tmp_path / "w.pt"
+    state = _foreign_weights(weights)
+    cfg = load_config("mnist-lt-fixmatch", [f"model.pretrained={weights}", "model.pretrained_key=ema_model"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    own = trainer.model.state_dict()
+    for name, tensor in state.items():
+        assert torch.equal(own[name], tensor), name
+    assert trainer.pretrained is not None and trainer.pretrained.clean
+    # without the key the plain seeded init stays (the test's weights really differ from it)
+    plain = Trainer(load_config("mnist-lt-fixmatch"), tmp_path / "run2").model.state_dict()
+    assert not torch.equal(plain["head.weight"], state["head.weight"])
+
+
+def test_other_head_is_kept_at_init_and_reported(tmp_path) -> None:
+    weights = tmp_path / "w.pt"
+    state = _foreign_weights(weights, head_classes=7)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="shape differs"):
+        code = main([*BASE, "--set", "train.steps=2", "--set", "train.eval_every=2",
+                     "--set", f"model.pretrained={weights}", "--out", str(out)])
+    assert code == 0
+    meta = json.loads((out / "run.json").read_text())["pretrained"]
+    assert any(s.startswith("head.weight") for s in meta["skipped"])
+    assert "head.weight" not in meta["loaded"] and len(meta["loaded"]) == len(state) - 2
+
+
+@pytest.mark.parametrize("kind", ["missing", "no_match"])
+def test_bad_weights_stop_before_training(tmp_path, capsys, kind) -> None:
+    weights = tmp_path / "w.pt"
+    if kind == "no_match":
+        torch.save({"something.else": torch.zeros(3)}, weights)
+    out = tmp_path / "run"
+    assert main([*BASE, "--set", f"model.pretrained={weights}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model.pretrained" in err and str(weights) in err, err
+    assert not out.exists()
+
+
+def test_missing_file_is_refused_by_the_config_check() -> None:
+    with pytest.raises(ConfigError, match="model.pretrained: no file"):
+        load_config("mnist-lt-fixmatch", ["model.pretrained=/nonexistent/w.pt"])

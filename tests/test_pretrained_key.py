@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dytrim.cli import main
-from dytrim.config import ConfigError, load_config
+from dytrim.config import load_config
 from dytrim.engine.loop import Trainer
 from dytrim.models import create_model
 
@@ -62,6 +62,12 @@ def test_bad_weights_stop_before_training(tmp_path, capsys, kind) -> None:
     assert not out.exists()
 
 
-def test_missing_file_is_refused_by_the_config_check() -> None:
-    with pytest.raises(ConfigError, match="model.pretrained: no file"):
-        load_config("mnist-lt-fixmatch", ["model.pretrained=/nonexistent/w.pt"])
+def test_resume_needs_no_weights_file(tmp_path) -> None:
+    weights = tmp_path / "w.pt"
+    _foreign_weights(weights)
+    out = tmp_path / "run"
+    args = ["--set", "train.eval_every=2", "--set", "train.steps=2", "--set", f"model.pretrained={weights}"]
+    assert main([*BASE, *args, "--out", str(out)]) == 0
+    weights.unlink()  # moved or deleted after the start: the checkpoint holds the weights
+    assert main(["train", "--resume", str(out), "--set", "train.steps=4"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4

@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     fresh = not out.exists()
     _check_writable(out)
     try:
-        trainer = Trainer(cfg, out)
+        trainer = Trainer(cfg, out, resume=bool(args.resume))
     except (ConfigError, DataError):
         if fresh and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that never started leaves nothing behind

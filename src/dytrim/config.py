@@ -53,7 +53,7 @@ class ModelConfig:
 
     name: str = "wrn_28_2"
     channels_last: bool = False  # memory format of activations (faster on some CPUs/GPUs)
-    pretrained: str = ""  # local .pt/.pth/.safetensors weights loaded after init ("" = none); report in run.log
+    pretrained: str = ""  # local .pt/.pth/.safetensors weights for a fresh run ("" = none); report in run.json
     pretrained_key: str = ""  # entry of a wrapped checkpoint to read (e.g. "ema_model"); "" = guess
 
 
@@ -438,12 +438,6 @@ def validate(cfg: RunConfig) -> None:
         close = difflib.get_close_matches(cfg.model.name, list_models(), n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"model.name: unknown model '{cfg.model.name}'.{hint} Known: {', '.join(list_models())}")
-    if cfg.model.pretrained:
-        _check(
-            Path(cfg.model.pretrained).expanduser().is_file(),
-            "model.pretrained",
-            f"no file at '{cfg.model.pretrained}': give a local .pt/.pth/.safetensors state_dict, or drop the key",
-        )
 
 
 def get_key(cfg: Any, key: str) -> Any:

@@ -51,9 +51,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    """Builds everything from a RunConfig and trains; `components` are the debiasers (hooks.py)."""
+    """Builds everything from a RunConfig and trains; `components` are the debiasers (hooks.py).
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, components: list[Component] | None = None) -> None:
+    `resume=True` with a checkpoint in `out_dir`: the weights will come from it, so model.pretrained is not read."""
+
+    def __init__(
+        self, cfg: RunConfig, out_dir: Path, components: list[Component] | None = None, resume: bool = False
+    ) -> None:
         self.cfg, self.out = cfg, Path(out_dir)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -72,7 +76,8 @@ class Trainer:
         self.data: LTData = load_data(cfg.data, cfg.seed, self.device)
         d = self.data
         self.model = create_model(cfg.model.name, d.num_classes, in_channels=d.in_channels)
-        self.pretrained = _load_pretrained(self.model, cfg.model) if cfg.model.pretrained else None
+        fresh = not (resume and any(Path(out_dir).glob("ckpt_*.pt")))  # on resume the checkpoint has the weights
+        self.pretrained = _load_pretrained(self.model, cfg.model) if cfg.model.pretrained and fresh else None
         self.model = self.model.to(self.device)
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -431,9 +436,10 @@ class Trainer:
 def _load_pretrained(model: torch.nn.Module, mcfg: Any) -> LoadReport:
     """model.pretrained: copy the file's matching tensors into the fresh model; anything not clean is warned."""
     try:
-        report = load_pretrained(model, mcfg.pretrained, key=mcfg.pretrained_key or None)
+        report = load_pretrained(model, Path(mcfg.pretrained).expanduser(), key=mcfg.pretrained_key or None)
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"model.pretrained: cannot load '{mcfg.pretrained}': {exc}") from exc
+        raise ConfigError(f"model.pretrained: cannot load '{mcfg.pretrained}' ({exc}); give a local "
+                          ".pt/.pth/.safetensors state_dict (model.pretrained_key picks a wrapped entry)") from exc
     if not report.clean:
         warnings.warn(f"model.pretrained: {report}", stacklevel=2)
     return report

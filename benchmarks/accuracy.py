@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--finished-only", action="store_true",
                     help="train nothing: tabulate the runs that have finished and list the missing ones")
+    ap.add_argument("--notes", type=Path, help="a text file appended under the tables (how the runs were made)")
     args = ap.parse_args()
     presets = [p for p in args.presets.split(",") if p]
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -106,13 +107,17 @@ def main() -> int:
     if missing:
         lines += ["", f"Not run yet (not in the table): {', '.join(missing)}."]
     lines += ["", "Per run (cost: optimiser updates and training images through forward / backward passes):", "",
-              "| preset | seed | steps | updates | images fwd | images bwd | train s | wall s | run dir |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| preset | seed | steps | updates | images fwd | images bwd | train s | train ms / update | wall s | "
+              "run dir |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [
         f"| {r['preset']} | {r['seed']} | {r['steps']} | {r.get('updates') or '–'} | {r.get('samples_fwd') or '–'} | "
-        f"{r.get('samples_bwd') or '–'} | {r['train_s'] or 0:.0f} | {r['wall_s']:.0f} | `{r['dir']}` |"
+        f"{r.get('samples_bwd') or '–'} | {r['train_s'] or 0:.0f} | "
+        f"{1000 * (r['train_s'] or 0) / (r.get('updates') or r['steps']):.1f} | {r['wall_s']:.0f} | `{r['dir']}` |"
         for r in records
     ]
+    if args.notes:
+        lines += ["", args.notes.read_text().strip()]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"accuracy-{args.name}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"accuracy-{args.name}.json").write_text(json.dumps(records, indent=1) + "\n")

@@ -71,3 +71,17 @@ def test_resume_needs_no_weights_file(tmp_path) -> None:
     weights.unlink()  # moved or deleted after the start: the checkpoint holds the weights
     assert main(["train", "--resume", str(out), "--set", "train.steps=4"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def test_exported_run_and_training_checkpoint(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main([*BASE, "--set", "train.steps=2", "--set", "train.eval_every=2", "--out", str(run)]) == 0
+    exported = tmp_path / "model.pt"
+    assert main(["export", str(run), "--format", "state_dict", "--out", str(exported)]) == 0
+    trainer = Trainer(load_config("mnist-lt-fixmatch", [f"model.pretrained={exported}", "seed=5"]), tmp_path / "b")
+    assert trainer.pretrained is not None and trainer.pretrained.clean  # the wrapper's prefix and constants go
+    ema = torch.load(next(run.glob("ckpt_*.pt")), weights_only=False)["ema"]
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in ema.items())
+    ckpt = next(run.glob("ckpt_*.pt"))  # a training checkpoint is refused with the way out named
+    assert main([*BASE, "--set", f"model.pretrained={ckpt}", "--out", str(tmp_path / "c")]) == 2
+    assert "dytrim export" in capsys.readouterr().err

@@ -6,6 +6,7 @@ Tensors are matched by name after unwrapping common checkpoint layouts; a model 
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,13 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
             raise ImportError("reading .safetensors needs `pip install safetensors`") from exc
         obj: Any = load_file(str(path))
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"'{path}' holds more than tensors (a training checkpoint?) and only plain weight files are read; "
+                "for a dytrim run write one with `dytrim export RUN_DIR --format state_dict`"
+            ) from exc
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             raise KeyError(f"pretrained weights: '{path}' has no entry '{key}'")
@@ -86,9 +93,12 @@ def _is_tensor_map(obj: Mapping) -> bool:
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a wrapper's prefix held by most keys; the few other keys (e.g. the normalisation constants of
+    `dytrim export`'s wrapper) are the wrapper's own and are dropped with it."""
     for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+        inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if len(inner) > len(state) / 2:
+            state = inner
     return state
 
 

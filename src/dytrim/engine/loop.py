@@ -27,7 +27,7 @@ from dytrim.data.sources import LTData, load_data
 from dytrim.debias import create_components
 from dytrim.debias.baseline import baseline_image, prior_probe
 from dytrim.engine import runlog
-from dytrim.engine.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from dytrim.engine.checkpoint import atomic_write_text, checkpoint_paths, load_latest, save_checkpoint
 from dytrim.engine.distributed import Dist
 from dytrim.engine.ema import EMATeacher
 from dytrim.engine.evaluate import predict_logits
@@ -76,7 +76,7 @@ class Trainer:
         self.data: LTData = load_data(cfg.data, cfg.seed, self.device)
         d = self.data
         self.model = create_model(cfg.model.name, d.num_classes, in_channels=d.in_channels)
-        fresh = not (resume and any(Path(out_dir).glob("ckpt_*.pt")))  # on resume the checkpoint has the weights
+        fresh = not (resume and checkpoint_paths(self.out))  # on resume the checkpoint has the weights
         self.pretrained = _load_pretrained(self.model, cfg.model) if cfg.model.pretrained and fresh else None
         self.model = self.model.to(self.device)
         if cfg.model.channels_last:

@@ -13,13 +13,12 @@ import argparse
 import datetime as dt
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from speed import time_steps  # benchmarks/speed.py: the one timing loop
 
 from dytrim.config import load_config
 from dytrim.engine.loop import Trainer
@@ -34,14 +33,9 @@ def time_preset(spec: str, data_root: str, threads: int, steps: int, repeats: in
         trainer = Trainer(cfg, Path(tmp))
         for _ in range(3):  # warm-up: allocator, kernels
             trainer.train_step()
-        per_step = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                trainer.train_step()
-            per_step.append((time.perf_counter() - t0) / steps)
+        timing = time_steps(trainer.train_step, steps, repeats)
     images = cfg.train.batch_size * (1 + (cfg.train.uratio if trainer.ssl.uses_unlabeled else 0))
-    med = statistics.median(per_step)
+    med, per_step = timing.s_per_step, timing.runs
     return {
         "preset": spec,
         "model": cfg.model.name,

@@ -20,6 +20,7 @@ from dytrim.dynamics.decompose import decompose_step, error_vs_lr, output_sensit
 from dytrim.dynamics.fixmatch_split import fixmatch_loss, split_fixmatch_step
 from dytrim.dynamics.mlp import SmallMLP
 from dytrim.dynamics.ntk import empirical_ntk, logit_jacobian
+from dytrim.engine.checkpoint import save_checkpoint
 from dytrim.models import create_model
 
 
@@ -155,7 +156,7 @@ def _fake_run(tmp_path: Path, with_probe: bool) -> Path:
     if not with_probe:
         torch.manual_seed(0)
         model = create_model("cnn_small", 10, in_channels=1)
-        torch.save({"step": 4, "ema": model.state_dict()}, run / "ckpt_00000004.pt")
+        save_checkpoint(run, 4, {"step": 4, "ema": model.state_dict()}, keep=1)
     return run
 
 

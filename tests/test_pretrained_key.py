@@ -80,7 +80,7 @@ def test_exported_run_and_training_checkpoint(tmp_path, capsys) -> None:
     assert main(["export", str(run), "--format", "state_dict", "--out", str(exported)]) == 0
     trainer = Trainer(load_config("mnist-lt-fixmatch", [f"model.pretrained={exported}", "seed=5"]), tmp_path / "b")
     assert trainer.pretrained is not None and trainer.pretrained.clean  # the wrapper's prefix and constants go
-    ema = torch.load(next(run.glob("ckpt_*.pt")), weights_only=False)["ema"]
+    ema = torch.load(next(run.glob("ckpt_*.pt")), weights_only=True)["ema"]
     assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in ema.items())
     ckpt = next(run.glob("ckpt_*.pt"))  # a training checkpoint is refused with the way out named
     assert main([*BASE, "--set", f"model.pretrained={ckpt}", "--out", str(tmp_path / "c")]) == 2

@@ -7,22 +7,20 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
-
-import yaml
 
 from dytrim.config import (
     ConfigError,
     RunConfig,
     all_keys,
-    config_from_dict,
     get_key,
     list_presets,
     load_config,
-    parse_override,
-    set_key,
 )
 from dytrim.data.readers import DataError
+from dytrim.engine.checkpoint import CheckpointError, WriteFailure
+from dytrim.resume import resume_config, run_traces
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +32,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dytrim", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: DYTRIM_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (or continue one with --resume DIR)")
@@ -63,29 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, what: str = "--out") -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write_probe.{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"--out: cannot write to '{out}' ({exc.strerror}); choose a writable directory") from exc
+        raise ConfigError(f"{what}: cannot write to '{out}' ({exc.strerror}); choose a writable directory") from exc
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dytrim.datacard import annotate_summary, write_card
     from dytrim.engine.loop import Trainer, TrainingDiverged
+    from dytrim.engine.stop import Stopped
 
     if args.resume:
         out = Path(args.resume)
-        if not (out / "config.yaml").exists():
-            raise ConfigError(f"--resume: '{out}' has no config.yaml; it is not a dytrim run directory")
-        cfg = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
-        for text in args.overrides:  # e.g. extend a finished run: --set train.steps=...
-            set_key(cfg, *parse_override(text))
         if args.preset or args.config:
             raise ConfigError("--resume takes the run's own config.yaml; drop --preset/--config")
+        if not (out / "config.yaml").exists():
+            raise ConfigError(f"--resume: '{out}' has no config.yaml; it is not a dytrim run directory")
+        cfg = resume_config(out, args.overrides)  # only keys that keep the experiment (resume.RESUMABLE)
     else:
         if not args.out:
             raise ConfigError("--out is required (the run directory)")
@@ -93,25 +92,40 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("give --preset NAME (see `dytrim presets`) or --config FILE")
         cfg = load_config(args.preset, args.overrides, args.config)
         out = Path(args.out)
-        if (out / "metrics.jsonl").exists():
+        if traces := run_traces(out):
             raise ConfigError(
-                f"--out: '{out}' already holds a run; continue it with --resume {out} or pick a new --out"
+                f"--out: '{out}' already holds a run ({', '.join(traces[:4])}); continue it with --resume {out} "
+                "or pick a new --out"
             )
     fresh = not out.exists()
-    _check_writable(out)
+    _check_writable(out, "--resume" if args.resume else "--out")
     try:
         trainer = Trainer(cfg, out, resume=bool(args.resume))
+        restored = trainer.restore() if args.resume else None  # checks, then loads; nothing written yet
     except (ConfigError, DataError):
         if fresh and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that never started leaves nothing behind
         raise
     main_rank = trainer.dist.main  # under torchrun only rank 0 writes
+    if args.resume and main_rank:
+        if restored is None:
+            print(f"dytrim: {out} has no checkpoint yet; starting it from step 0", file=sys.stderr)
+        elif trainer.step >= cfg.train.steps:
+            print(f"dytrim: {out} is finished (step {trainer.step} of {cfg.train.steps}, {restored.name}); "
+                  f"extend it with --resume {out} --set train.steps=N", file=sys.stderr)
+        else:
+            print(f"dytrim: continuing {out} from {restored.name} (step {trainer.step} of {cfg.train.steps})",
+                  file=sys.stderr)
     card = write_card(out, trainer.data) if main_rank else None  # classes + preprocessing, for eval/predict/export
     try:
         summary = trainer.fit(resume=bool(args.resume))
     except TrainingDiverged as exc:
         print(f"dytrim: training stopped: {exc}", file=sys.stderr)
         return 3
+    except Stopped as stop:
+        if main_rank:
+            print(f"dytrim: stopped at step {stop.step}; continue with: dytrim train --resume {out}", file=sys.stderr)
+        return stop.exit_code
     if not main_rank:
         return 0
     annotate_summary(out, card)  # class names and data facts (e.g. the hold-out test set) in summary.json
@@ -164,29 +178,69 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Exit codes: 0 done; 1 a bug in dytrim (a traceback, please report it); 2 a user error (config, data,
+#: arguments, a run directory that does not fit); 3 training diverged; 4 the environment failed (disk full,
+#: permission denied, read-only file system); 130 / 143 stopped by SIGINT / SIGTERM after a checkpoint.
+EXIT_USER, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 4, 130
+
+
+def _one_line_warning(message: Warning | str, *rest: object) -> str:
+    """Warnings print as `dytrim: warning: ...`, one line, without the source line Python shows."""
+    return f"dytrim: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("DYTRIM_DEBUG", "") not in ("", "0")
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "presets":
-            return cmd_presets(args)
-        if args.command in ("eval", "predict", "export"):
-            from dytrim import cli_model
-
-            return cli_model.run(args)
-        if args.command == "dynamics":
-            from dytrim.dynamics import commands as dynamics_commands
-
-            return dynamics_commands.run(args)
-        if args.command == "report":
-            from dytrim.report import command as report_command
-
-            return report_command.run(args)
-        return cmd_data_info(args)
-    except (ConfigError, DataError) as exc:
+        return _dispatch(args)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        if debug:
+            raise
         print(f"dytrim: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:  # a path the user gave is wrong
+        if debug:
+            raise
+        print(f"dytrim: error: {exc.strerror or exc}: '{exc.filename}'", file=sys.stderr)
+        return EXIT_USER
+    except OSError as exc:  # WriteFailure names the path; other OS errors carry it in filename
+        if debug:
+            raise
+        where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        reason = str(exc) if isinstance(exc, WriteFailure) else f"{exc.strerror or exc}{where}"
+        print(f"dytrim: error: {reason}. Files already written are intact (the last checkpoint is kept); fix the "
+              "disk or permissions and continue with --resume (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("dytrim: interrupted (files already written are intact)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        return cmd_train(args)
+    if args.command == "presets":
+        return cmd_presets(args)
+    if args.command in ("eval", "predict", "export"):
+        from dytrim import cli_model
+
+        return cli_model.run(args)
+    if args.command == "dynamics":
+        from dytrim.dynamics import commands as dynamics_commands
+
+        return dynamics_commands.run(args)
+    if args.command == "report":
+        from dytrim.report import command as report_command
+
+        return report_command.run(args)
+    return cmd_data_info(args)
 
 
 if __name__ == "__main__":

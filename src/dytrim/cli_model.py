@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -59,13 +61,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace, trained: TrainedRun) -> int:
+    from dytrim.engine.checkpoint import atomic_write_text
     from dytrim.evalrun import evaluate, format_table, load_test_set, plot_confusion
 
+    out = Path(args.out) if args.out else trained.run_dir / "eval"
+    _check_output_file(out / "eval.json", "--out")  # before any work
     x, y, where = load_test_set(trained, args.data)
     result = evaluate(trained, x, y, args.batch_size) | {"test_set": where, "checkpoint": trained.checkpoint.name}
-    out = Path(args.out) if args.out else trained.run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=1) + "\n")
     plot_confusion(result, out / "confusion.png", f"{trained.run_dir.name} @ step {trained.step}: {where}")
     print(f"{trained.run_dir} @ step {trained.step} ({trained.checkpoint.name}), EMA model, {where}")
     print(format_table(result))
@@ -74,35 +77,64 @@ def _eval(args: argparse.Namespace, trained: TrainedRun) -> int:
 
 
 def _predict(args: argparse.Namespace, trained: TrainedRun) -> int:
+    from dytrim.data.readers import DataError
+    from dytrim.engine.checkpoint import atomic_write_text
     from dytrim.inference import find_images, predict_files
 
     paths = find_images(args.images)
+    if args.out:
+        _check_output_file(Path(args.out), "--out")  # before any work: an unwritable --out fails at once
     rows, skipped = predict_files(trained, paths, args.batch_size, progress=not args.no_progress)
-    fields = ["path", "pred", "prob"] + (["pred_debiased", "prob_debiased"] if trained.debiasers else [])
-    sink = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.DictWriter(sink, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        sink.flush()
-    except BrokenPipeError:  # e.g. `dytrim predict ... | head`: the reader stopped early, which is fine
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    finally:
-        if args.out:
-            sink.close()
     for path, why in skipped[:10]:
         print(f"dytrim: skipped {path}: {why}", file=sys.stderr)
+    if not rows:
+        raise DataError(f"IMAGES: none of the {len(paths)} files could be read as an image ({len(skipped)} skipped; "
+                        "the first reasons are above)")
+    fields = ["path", "pred", "prob"] + (["pred_debiased", "prob_debiased"] if trained.debiasers else [])
+    if args.out:
+        buf = io.StringIO(newline="")
+        _write_csv(buf, fields, rows)
+        atomic_write_text(Path(args.out), buf.getvalue())
+    else:
+        try:
+            _write_csv(sys.stdout, fields, rows)
+            sys.stdout.flush()
+        except BrokenPipeError:  # e.g. `dytrim predict ... | head`: the reader stopped early, which is fine
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     deb = f"; pred_debiased by {'+'.join(trained.debias_methods)}" if trained.debiasers else ""
     print(f"dytrim: {len(rows)} predictions{' to ' + args.out if args.out else ''} ({len(skipped)} unreadable files "
           f"skipped; EMA model at step {trained.step}{deb})", file=sys.stderr)
     return 0
 
 
+def _write_csv(sink: Any, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    writer = csv.DictWriter(sink, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _check_output_file(path: Path, what: str) -> None:
+    """Create the folder of an output file and make sure a file can be written there, before any work."""
+    from dytrim.config import ConfigError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot write '{path}' ({exc.strerror or exc}); choose a writable path") from exc
+    if path.is_dir():
+        raise ConfigError(f"{what}: '{path}' is a folder; give a file name")
+
+
 def _export(args: argparse.Namespace, trained: TrainedRun) -> int:
     from dytrim.export import export_run, sidecar
     from dytrim.jsonfmt import compact_json
 
+    if args.out:
+        _check_output_file(Path(args.out), "--out")
     path = export_run(trained, args.format, Path(args.out) if args.out else None)
     print(compact_json({"exported": str(path), "metadata": str(sidecar(path)), "format": args.format,
                         "classes": trained.card.classes, "step": trained.step}))

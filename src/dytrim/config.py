@@ -45,6 +45,7 @@ class DataConfig:
     image_size: int = 32  # folder: resize (shorter side) + centre-crop to this square; stl10: resize 96 -> this
     channels: int = 3  # 3 = RGB, 1 = grayscale
     cache_dir: str = ""  # decoded uint8 arrays are cached here; "" = $DYTRIM_CACHE, else ~/.cache/dytrim
+    allow_empty_classes: bool = False  # accept a split that gives some class no labeled image (refused by default)
 
 
 @dataclass
@@ -325,11 +326,43 @@ def load_config(
         apply_mapping(cfg, _preset_mapping(preset))
         cfg.preset = preset
     if yaml_file:
-        apply_mapping(cfg, yaml.safe_load(Path(yaml_file).read_text()) or {})
+        apply_mapping(cfg, read_yaml_mapping(yaml_file, "--config"))
     for text in overrides or []:
         set_key(cfg, *parse_override(text))
     validate(cfg)
     return cfg
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file of plain values as a dict; every way it can be wrong is a ConfigError naming `what` and
+    the file (missing, a folder, unreadable, a syntax error with its line and column, a Python tag, not a
+    mapping). Only plain YAML is read (safe_load): a tag like !!python/object never constructs anything."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"{what}: no such file '{p}'")
+    if p.is_dir():
+        raise ConfigError(f"{what}: '{p}' is a folder; give a YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what}: cannot read '{p}' ({getattr(exc, 'strerror', None) or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            problem += " (only plain YAML values are read; Python tags are refused)"
+        raise ConfigError(f"{what}: '{p}'{where}: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: '{p}' is not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: '{p}' must hold a mapping of config keys (key: value lines); "
+                          f"it holds a {type(data).__name__}")
+    return data
 
 
 def config_from_dict(mapping: dict[str, Any]) -> RunConfig:

@@ -138,10 +138,16 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, meta: dic
     onnx.save(model, str(path))
 
 
-def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a state_dict or TorchScript export: (module returning (logits, logits_debiased), metadata)."""
+def load_exported(path: str | Path, trust_torchscript: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a state_dict or TorchScript export: (module returning (logits, logits_debiased), metadata).
+
+    A state_dict export is read as data (weights only). A TorchScript file is a program, so it is loaded
+    only with `trust_torchscript=True`: for files you made yourself (deployment runtimes read them anyway)."""
     path = Path(path)
     if path.name.endswith(SUFFIX["torchscript"]):
+        if not trust_torchscript:
+            raise ConfigError(f"'{path}' is TorchScript, which is code; load it with trust_torchscript=True only if "
+                              "you made it yourself, or use the state_dict export (data only)")
         files = {"dytrim.json": ""}
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
         return module.eval(), json.loads(files["dytrim.json"])

@@ -15,11 +15,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
-from dytrim.config import ConfigError, RunConfig, config_from_dict, parse_override, set_key, validate
+from dytrim.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    parse_override,
+    read_yaml_mapping,
+    set_key,
+    validate,
+)
 from dytrim.data.folder import BadImage, is_image_file, list_images, load_image
 from dytrim.data.readers import DataError
 from dytrim.datacard import DataCard, read_card
@@ -104,7 +111,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] 
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"RUN_DIR: '{run}' has no config.yaml, so it is not a dytrim run directory; pass the "
                           "--out folder of `dytrim train`")
-    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = config_from_dict(read_yaml_mapping(run / "config.yaml", "RUN_DIR"))
     for text in overrides:  # e.g. --set data.root=... when the data moved
         set_key(cfg, *parse_override(text))
     validate(cfg)

@@ -17,7 +17,7 @@ import numpy as np
 
 from dytrim.config import DataConfig
 from dytrim.data.longtail import Split
-from dytrim.data.readers import DataError, ImageArrays, _unpickle
+from dytrim.data.readers import DataError, ImageArrays, _unpickle, verify_file
 
 TRAIN_FILES = [f"train_data_batch_{i}" for i in range(1, 11)]
 TEST_FILE = "val_data"
@@ -45,6 +45,7 @@ def find_dir(root: Path, side: int) -> Path:
 def _read_batch(path: Path, side: int) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise DataError(f"data.root: {path} is missing; the Small-ImageNet-127 folder is incomplete")
+    verify_file(path)  # hashed (and checked against a MANIFEST.md there) for run.json
     d = _unpickle(path)
     data, labels = d.get(b"data", d.get("data")), d.get(b"labels", d.get("labels"))
     if data is None or labels is None:

@@ -15,10 +15,12 @@ import importlib.resources
 import os
 import pickle
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,6 +33,7 @@ __all__ = [
     "sha256_of",
     "manifest_sha256",
     "verify_file",
+    "recording_files",
     "read_cifar",
     "read_mnist",
     "read_mnist10k",
@@ -155,20 +158,51 @@ def _check_hash(path: Path, expected: str, source: str, fix: str) -> str:
             f"{path}: sha256 mismatch: expected {expected.lower()} ({source}), got {actual}. The file is "
             f"corrupt or a different version. Fix: {fix}"
         )
+    _note_file(path, actual, source)
     return actual
+
+
+# The files read while `recording_files()` is active: what a run records in run.json (provenance).
+_READ_FILES: ContextVar[list[dict[str, str]] | None] = ContextVar("_READ_FILES", default=None)
+
+
+def _note_file(path: Path, sha256: str, checked_against: str | None) -> None:
+    files = _READ_FILES.get()
+    if files is not None and not any(f["path"] == str(path) for f in files):
+        files.append({"path": str(path), "sha256": sha256, "checked_against": checked_against or "nothing"})
+
+
+@contextmanager
+def recording_files() -> Iterator[list[dict[str, str]]]:
+    """Collect every data file read inside the block as {path, sha256, checked_against}; at the end, one
+    warning names the files that no MANIFEST.md (or known hash) vouches for."""
+    files: list[dict[str, str]] = []
+    token = _READ_FILES.set(files)
+    try:
+        yield files
+    finally:
+        _READ_FILES.reset(token)
+    unlisted = [f for f in files if f["checked_against"] == "nothing"]
+    if unlisted:
+        names = ", ".join(f"{f['path']} ({f['sha256'][:12]}...)" for f in unlisted)
+        warnings.warn(f"data file(s) without a MANIFEST.md entry, used unchecked; their sha256 is recorded in "
+                      f"run.json: {names}", stacklevel=3)
 
 
 def verify_file(path: PathLike) -> str | None:
     """Check `path` against its MANIFEST.md hash; return the verified hash, or None if nothing is listed.
 
     Raises DataError (naming the file, both hashes and the fix) on a mismatch. The hash of each
-    (path, size, mtime) is cached for the life of the process, so repeated loads cost nothing.
+    (path, size, mtime) is cached for the life of the process, so repeated loads cost nothing. Inside
+    `recording_files()` the file and its hash are recorded either way.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file; {_REDOWNLOAD}")
     expected = manifest_sha256(p)
     if expected is None:
+        if _READ_FILES.get() is not None:
+            _note_file(p, _cached_sha256(p), None)
         return None
     manifest = p.parent / "MANIFEST.md"
     fix = f"re-download it, or remove its entry from {manifest} if the new file is intended."
@@ -454,6 +488,8 @@ def read_cifar(path: PathLike, num_classes: int = 10, verify: bool = True) -> Im
     x_test, y_test = _cifar_batches(needed[len(train_names) :], lay.label_key)
     classes = list(lay.classes)
     if (d / lay.meta).is_file():
+        if verify:
+            verify_file(d / lay.meta)
         meta = _unpickle(d / lay.meta)
         if lay.names_key in meta:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[lay.names_key]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from dytrim.data.readers import (
     read_cifar,
     read_mnist,
     read_mnist10k,
+    recording_files,
 )
 from dytrim.data.stl10 import read_stl10, stl10_split
 from dytrim.registry import Registry
@@ -148,6 +150,7 @@ class LTData:
     ulb_idx: torch.Tensor  # int64 [N_u]
     eval_idx: torch.Tensor  # int64 indices into x_test used at intermediate evaluations
     info: dict[str, Any] = field(default_factory=dict)  # source facts (folders: test set origin, skipped files)
+    files: list[dict[str, str]] = field(default_factory=list)  # data files read: path, sha256, checked_against
 
     @property
     def num_classes(self) -> int:
@@ -200,9 +203,38 @@ def load_arrays(cfg: DataConfig) -> tuple[ImageArrays, Source]:
         raise DataError(f"data.root='{cfg.root}': {exc}") from exc
 
 
+def _arrays_digest(arrays: ImageArrays, where: str) -> dict[str, str]:
+    """Provenance of data with no single file (image folders): sha256 of the decoded arrays actually used."""
+    h = hashlib.sha256()
+    for a in (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return {"path": where, "sha256": h.hexdigest(), "checked_against": "decoded arrays (x/y train, x/y test)"}
+
+
+def _check_no_empty_class(cfg: DataConfig, split: Split, classes: list[str]) -> None:
+    """A class without labeled images can never be learned from labels; refuse it unless asked for."""
+    empty = [c for c, n in enumerate(split.lb_counts) if n == 0]
+    if empty and not cfg.allow_empty_classes:
+        names = ", ".join(f"{c} ({classes[c]})" for c in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        key, fix = {
+            "folder": ("data.labeled_dir", "add labeled images to those class folders or lower data.holdout"),
+            "smallimagenet127": ("data.root", "the data set's own split labels round(0.1 n_c) images per class"),
+        }.get(cfg.name, ("data.n1", "raise data.n1 or lower data.imb_ratio_l (the tail gets int(n1 / gamma_l))"))
+        raise ConfigError(
+            f"{key}: the split gives {len(empty)} class(es) no labeled image: {names}; labeled per class "
+            f"{split.lb_counts}. Fix: {fix}; or set data.allow_empty_classes=true if that is intended"
+        )
+
+
 def load_data(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -> LTData:
-    """Read, split and move to the device. Raises ConfigError naming the key on an impossible split."""
-    arrays, source = load_arrays(cfg)
+    """Read, split and move to the device. Raises ConfigError naming the key on an impossible split.
+
+    Every data file read is recorded with its sha256 in `files` (image folders: a digest of the decoded
+    arrays); a file no MANIFEST.md lists is named in a warning."""
+    with recording_files() as files:
+        arrays, source = load_arrays(cfg)
+    if not files:
+        files.append(_arrays_digest(arrays, cfg.labeled_dir or cfg.root or cfg.name))
     if source.split is not None:
         split = source.split(cfg, arrays, seed)
     else:
@@ -212,6 +244,7 @@ def load_data(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") ->
             split = build_split(arrays.y_train, lb_counts, ulb_counts, cfg.pool, seed, shuffle)
         except SplitError as exc:
             raise ConfigError(str(exc)) from exc
+    _check_no_empty_class(cfg, split, list(arrays.classes))
     mean, std = (source.mean, source.std) if source.mean else channel_stats(arrays.x_train)
     device = torch.device(device)
     return LTData(
@@ -228,4 +261,5 @@ def load_data(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") ->
         ulb_idx=torch.from_numpy(split.ulb_idx).to(device),
         eval_idx=torch.from_numpy(_stratified_subset(arrays.y_test, cfg.eval_subset, seed)).to(device),
         info=dict(getattr(arrays, "info", {})),
+        files=files,
     )

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from dytrim.config import DataConfig
 from dytrim.data.longtail import Split, longtail_counts
-from dytrim.data.readers import DataError, ImageArrays
+from dytrim.data.readers import DataError, ImageArrays, verify_file
 
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SIDE = 96
@@ -106,6 +106,8 @@ def read_stl10(cfg: DataConfig, root: Path) -> ExtraUnlabeledArrays:
     for name in ("train_y.bin", "test_X.bin", "test_y.bin"):
         if not (d / name).exists():
             raise DataError(f"data.root: {d / name} is missing; the STL-10 binary folder is incomplete")
+    for f in d.glob("*.bin"):  # hashed (and checked against a MANIFEST.md there) for run.json
+        verify_file(f)
     side = cfg.image_size
     x_tr, x_te = _cached(cfg, d / "train_X.bin", side), _cached(cfg, d / "test_X.bin", side)
     y_tr, y_te = read_stl_labels(d / "train_y.bin", len(x_tr)), read_stl_labels(d / "test_y.bin", len(x_te))

@@ -25,6 +25,7 @@ from dytrim.config import RunConfig
 from dytrim.debias import COMPONENTS
 from dytrim.debias.baseline import baseline_image
 from dytrim.engine.hooks import Batch, Component, StepOutput
+from dytrim.engine.rng import set_generator_state
 from dytrim.pruning.sampler import PrunedSampler
 from dytrim.pruning.select import keep_labeled, soft_prune
 
@@ -186,7 +187,7 @@ class DyTrim(Component):
             return
         for key in ("score_lb", "score_ulb", "conf_ulb", "w_ulb"):
             getattr(self, key).copy_(state[key])
-        self.gen.set_state(state["gen"])
+        set_generator_state(self.gen, state["gen"])
         self.prune_ratio = state["prune_ratio"].clone()
         self.epoch = int(state["epoch"])
         self.own_z_I = state["own_z_I"]

@@ -10,6 +10,7 @@ from dytrim.config import RunConfig
 from dytrim.debias import COMPONENTS
 from dytrim.debias.reweight import class_weights
 from dytrim.engine.hooks import Component
+from dytrim.engine.rng import set_generator_state
 
 
 class ClassAwareSampler:
@@ -28,7 +29,7 @@ class ClassAwareSampler:
         return {"gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gen.set_state(state["gen"])
+        set_generator_state(self.gen, state["gen"])
 
 
 @COMPONENTS.register("resample")

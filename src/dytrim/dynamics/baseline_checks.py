@@ -21,7 +21,7 @@ from dytrim.config import config_from_dict
 from dytrim.debias.baseline import baseline_image, frozen_bn_stats, kl, prior_probe
 from dytrim.dynamics.mlp import SmallMLP
 from dytrim.dynamics.ntk import eval_mode
-from dytrim.engine.checkpoint import checkpoint_paths
+from dytrim.engine.checkpoint import load_all
 from dytrim.models import create_model
 
 ARCHS = ("mlp", "mlp_bn", "mlp_ln", "cnn_small", "resnet_tiny", "wrn_28_2")
@@ -160,8 +160,7 @@ def load_run_models(run_dir: Path) -> list[RunModel]:
     cfg, lb_prior = _run_meta(run_dir)
     hw = IMAGE_SIZE.get(cfg.data.name, 32)
     out = []
-    for path in reversed(checkpoint_paths(run_dir)):
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    for state, _ in load_all(run_dir):  # read as data only: a checkpoint never runs code
         in_ch = next(v.shape[1] for v in state["ema"].values() if v.ndim == 4)
         model = create_model(cfg.model.name, len(lb_prior), in_channels=in_ch)
         model.load_state_dict(state["ema"])

@@ -10,8 +10,10 @@ debiased predictions, and every evaluation probes the baseline image.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +28,7 @@ from dytrim.data.augment import normalize, strong_augment, weak_augment
 from dytrim.data.sources import LTData, load_data
 from dytrim.debias import create_components
 from dytrim.debias.baseline import baseline_image, prior_probe
+from dytrim.engine import rng as rng_state
 from dytrim.engine import runlog
 from dytrim.engine.checkpoint import atomic_write_text, checkpoint_paths, load_latest, save_checkpoint
 from dytrim.engine.distributed import Dist
@@ -34,9 +37,11 @@ from dytrim.engine.evaluate import predict_logits
 from dytrim.engine.hooks import Batch, Component, StepOutput
 from dytrim.engine.optim import build_optimizer, lr_at, set_lr
 from dytrim.engine.sampler import EpochSampler
+from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.metrics import classification_metrics
 from dytrim.models import create_model
 from dytrim.models.pretrained import LoadReport, load_pretrained
+from dytrim.resume import check_checkpoint_config, check_data_files
 from dytrim.ssl import create_ssl, soft_cross_entropy
 
 
@@ -108,6 +113,7 @@ class Trainer:
         self.train_s = 0.0  # wall time spent in training steps (evaluation excluded)
         self.wall_s = 0.0  # total wall time of the run, carried across resumes
         self.samples_seen = 0
+        self.restored_from: Path | None = None  # the checkpoint `restore` loaded
 
     # ------------------------------------------------------------------ one step
     def _views(self) -> Batch:
@@ -295,13 +301,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything to continue exactly; with several processes, every rank's RNG states (a collective)."""
-        rng = {
-            "aug": self.aug_gen.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        }
+        rng = rng_state.capture(self.aug_gen)
         return {
             "step": self.step,
             "clock": self.clock,
@@ -344,31 +344,58 @@ class Trainer:
                 raise ConfigError(f"--resume: the checkpoint was written by {len(ranks) if ranks else 1} process(es); "
                                   f"resume with the same number (now {self.dist.world})")
             rng = ranks[self.dist.rank]
-        self.aug_gen.set_state(rng["aug"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        rng_state.restore(rng, self.aug_gen)
 
     # ------------------------------------------------------------------ the loop
+    def restore(self) -> Path | None:
+        """Load the newest usable checkpoint of the run directory, after checking that it belongs to this
+        experiment (config and data files); writes nothing. None when the run has no checkpoint yet."""
+        if self.restored_from is not None:
+            return self.restored_from
+        found = load_latest(self.out, self.device)
+        if found is None:
+            return None
+        state, path = found
+        check_checkpoint_config(self.cfg, state.get("config", {}), path.name)
+        run_json = self.out / "run.json"
+        recorded = json.loads(run_json.read_text()).get("data_files") if run_json.is_file() else None
+        check_data_files(recorded, self.data.files)
+        self.load_state_dict(state)
+        self.restored_from = path
+        return path
+
+    def _metrics_row(self, stats: dict[str, float], wall_s: float) -> dict[str, Any]:
+        """One metrics.jsonl row: an evaluation of the EMA model plus the last step's losses and counters."""
+        return {"step": self.step} | self.evaluate() | {
+            "lr": stats["lr"],
+            "loss": round(stats["loss"], 5),
+            **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
+            "wall_s": round(wall_s, 2),
+            "images_per_s": round(self.samples_seen / max(self.train_s, 1e-9), 2),
+            "updates": self.updates,
+            "samples_fwd": self.samples_fwd,
+            "samples_bwd": self.samples_bwd,
+        }
+
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train to cfg.train.steps, evaluating every eval_every steps; returns the summary.
 
-        With several processes every rank trains and evaluates (collectives), only the main rank writes."""
+        With several processes every rank trains and evaluates (collectives), only the main rank writes.
+        SIGTERM / SIGINT stop the run at the next step boundary with a checkpoint (raises `Stopped`)."""
         cfg, out, main = self.cfg, self.out, self.dist.main
-        out.mkdir(parents=True, exist_ok=True)
         metrics_path = out / "metrics.jsonl"
+        resumed = resume and self.restore() is not None  # checks and loads before anything is written
+        out.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()  # no rank reads the run directory while the main rank rewrites it
-        if resume and (found := load_latest(out, self.device)) is not None:
-            self.load_state_dict(found[0])
+        if resumed:
             # rows written after the checkpoint (a crash between evaluation and checkpoint) are redone
             if main:
                 rows = [r for r in runlog.read_rows(metrics_path) if r["step"] <= self.step]
                 runlog.write_rows(metrics_path, rows)
         elif main:
             runlog.write_rows(metrics_path, [])
-            meta = runlog.run_metadata(cfg.seed) | {"counts": self.data.counts(), "processes": self.dist.world}
+            meta = runlog.run_metadata(cfg.seed) | {"counts": self.data.counts(), "processes": self.dist.world,
+                                                    "data_files": self.data.files}
             if self.pretrained is not None:
                 meta["pretrained"] = dataclasses.asdict(self.pretrained)
             atomic_write_text(out / "run.json", _json(meta))
@@ -381,7 +408,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=1.0)
         start_wall = time.perf_counter() - self.wall_s
         ckpt_every = cfg.train.ckpt_every or every  # 0 = checkpoint at every evaluation
-        try:
+        with StopRequest(announce=main) as stop, bar:  # the bar closes however the loop ends
             while self.step < t_total:
                 t0, prev = time.perf_counter(), self.step
                 stats = self.train_step()
@@ -389,26 +416,18 @@ class Trainer:
                 bar.update(self.step - prev)
                 done = self.step >= t_total
                 if self.step // every != prev // every or done:
-                    row = {"step": self.step} | self.evaluate() | {
-                        "lr": stats["lr"],
-                        "loss": round(stats["loss"], 5),
-                        **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
-                        "wall_s": round(time.perf_counter() - start_wall, 2),
-                        "images_per_s": round(self.samples_seen / max(self.train_s, 1e-9), 2),
-                        "updates": self.updates,
-                        "samples_fwd": self.samples_fwd,
-                        "samples_bwd": self.samples_bwd,
-                    }
+                    row = self._metrics_row(stats, time.perf_counter() - start_wall)
                     if main:
                         runlog.append_row(metrics_path, row)
                     bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{stats['loss']:.3f}")
-                if self.step // ckpt_every != prev // ckpt_every or done:
+                stopping = self.dist.any(stop.requested)  # every rank stops at the same step
+                if self.step // ckpt_every != prev // ckpt_every or done or stopping:
                     self.wall_s = time.perf_counter() - start_wall
                     state = self.state_dict()  # collective: every rank's RNG states
                     if main:
                         save_checkpoint(out, self.step, state, cfg.train.keep_ckpts)
-        finally:
-            bar.close()
+                if stopping and not done:
+                    raise Stopped(self.step, stop.signum or signal.SIGTERM)
         self.wall_s = time.perf_counter() - start_wall
         full_test = self.evaluate(full=True) if len(self.data.eval_idx) < len(self.data.y_test) else None
         if not main:
@@ -446,7 +465,5 @@ def _load_pretrained(model: torch.nn.Module, mcfg: Any) -> LoadReport:
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
 

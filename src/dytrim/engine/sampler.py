@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from dytrim.engine.rng import set_generator_state
+
 
 class EpochSampler:
     """Batches of positions 0..n-1 from successive random permutations, dropping the incomplete
@@ -48,7 +50,7 @@ class EpochSampler:
         return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gen.set_state(state["gen"])
+        set_generator_state(self.gen, state["gen"])
         self.perm = state["perm"].clone()
         self.pos = int(state["pos"])
         self.epoch = int(state["epoch"])

@@ -74,6 +74,12 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
                 f"'{path}' holds more than tensors (a training checkpoint?) and only plain weight files are read; "
                 "for a dytrim run write one with `dytrim export RUN_DIR --format state_dict`"
             ) from exc
+    if key is None and isinstance(obj, Mapping) and {"format_version", "ema", "rng"} <= set(obj):
+        raise ValueError(
+            f"'{path}' is a dytrim training checkpoint (student, EMA model, optimiser); pick its evaluated weights "
+            "with model.pretrained_key=ema, or write a plain weights file with `dytrim export RUN_DIR --format "
+            "state_dict`"
+        )
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             raise KeyError(f"pretrained weights: '{path}' has no entry '{key}'")

@@ -1,0 +1,108 @@
+"""One run directory, one experiment: what `dytrim train --resume` may change, and the checks that refuse
+the rest before anything in the directory is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dytrim.config import (
+    ConfigError,
+    RunConfig,
+    all_keys,
+    config_from_dict,
+    get_key,
+    parse_override,
+    read_yaml_mapping,
+    set_key,
+    validate,
+)
+
+#: Keys a resumed run may change, and why each leaves the experiment as it was. Every other key changes
+#: what is trained (data, split, model, method, optimiser, seed, ...) and needs a new run directory.
+RESUMABLE: dict[str, str] = {
+    "train.steps": "length of the run: extend (or shorten) it; a cosine LR and DyTrim's annealing follow the new "
+                   "length from the current step on",
+    "train.eval_every": "evaluation cadence (evaluation reads the EMA model and changes no training state)",
+    "train.ckpt_every": "checkpoint cadence",
+    "train.keep_ckpts": "how many checkpoints are kept",
+    "train.eval_batch_size": "evaluation batch size",
+    "train.threads": "CPU threads (same computation; float sums may differ in the last bits)",
+    "train.progress": "progress bar on or off",
+    "train.device": "another device of the same type (cuda:0 -> cuda:1); a CPU <-> GPU change is refused when the "
+                    "checkpoint loads (their augmentation random streams differ)",
+    "data.root": "where the data files are now; their sha256 must equal the ones in run.json",
+    "data.cache_dir": "where decoded image folders are cached",
+}
+
+#: Files that mark a directory as holding a run (besides ckpt_*.pt).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "run.json", "summary.json", "data.json")
+
+
+def run_traces(out: Path) -> list[str]:
+    """Names of the files in `out` that belong to a run (empty for a new or unrelated directory)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return [n for n in RUN_FILES if (out / n).exists()] + sorted(p.name for p in out.glob("ckpt_*.pt"))
+
+
+def _flat(cfg: RunConfig) -> dict[str, Any]:
+    return {k: get_key(cfg, k) for k in all_keys(cfg)}
+
+
+def _refuse(key: str, old: Any, new: Any, run_dir: Path) -> ConfigError:
+    allowed = ", ".join(RESUMABLE)
+    return ConfigError(
+        f"--resume: {key} would change from {old!r} to {new!r}, which changes what is trained; a run directory holds "
+        f"one experiment. Start a new run instead (dytrim train ... --set {key}={new} --out NEW_DIR), or drop the "
+        f"override. --resume may change only: {allowed}"
+    )
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The run's config.yaml with the allowed overrides applied, validated exactly as a fresh config."""
+    run_dir = Path(run_dir)
+    cfg = config_from_dict(read_yaml_mapping(run_dir / "config.yaml", "--resume"))
+    before = _flat(cfg)
+    for text in overrides:
+        set_key(cfg, *parse_override(text))
+    after = _flat(cfg)
+    for key, old in before.items():
+        if after[key] != old and key not in RESUMABLE:
+            raise _refuse(key, old, after[key], run_dir)
+    validate(cfg)
+    return cfg
+
+
+def check_checkpoint_config(cfg: RunConfig, saved: dict[str, Any], checkpoint: str) -> None:
+    """The checkpoint must come from this experiment: every key outside RESUMABLE equals config.yaml's."""
+    stored = RunConfig()
+    try:
+        from dytrim.config import apply_mapping
+
+        apply_mapping(stored, saved)
+    except ConfigError as exc:
+        raise ConfigError(f"--resume: {checkpoint} holds a config this dytrim does not read ({exc}); start a "
+                          "new --out") from exc
+    mine, theirs = _flat(cfg), _flat(stored)
+    for key, value in mine.items():
+        if key not in RESUMABLE and theirs[key] != value:
+            raise ConfigError(
+                f"--resume: config.yaml and {checkpoint} disagree on {key} (config.yaml: {value!r}, checkpoint: "
+                f"{theirs[key]!r}); the directory mixes two runs or config.yaml was edited. Restore config.yaml or "
+                "start a new --out"
+            )
+
+
+def check_data_files(recorded: list[dict[str, Any]] | None, now: list[dict[str, Any]]) -> None:
+    """The data read now must be the data the run was started on (same sha256 per file, by file name)."""
+    if not recorded:  # runs from before the data files were recorded
+        return
+    before = sorted((Path(r["path"]).name, r["sha256"]) for r in recorded)
+    after = sorted((Path(r["path"]).name, r["sha256"]) for r in now)
+    if before != after:
+        was = ", ".join(f"{n} {h[:12]}" for n, h in before)
+        got = ", ".join(f"{n} {h[:12]}" for n, h in after)
+        raise ConfigError(f"--resume: the data differs from the data this run started on (run.json: {was}; now: "
+                          f"{got}); point data.root at the original files, or start a new --out")

@@ -21,7 +21,8 @@ from dytrim.engine.runlog import read_rows
 
 COMMON = ["--preset", "mnist-lt-fixmatch", "--set", "debias.methods=cdmad,dytrim", "--set", "debias.start=16",
           "--set", "train.steps=96", "--set", "train.eval_every=8", "--set", "train.progress=false",
-          "--set", "train.threads=1"]
+          "--set", "train.threads=1",
+       "--set", "train.device=cpu"]  # gloo on CPU, also on a GPU machine
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 DDP = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
 

@@ -14,7 +14,8 @@ from dytrim.engine.runlog import read_rows
 
 COMMON = ["--preset", "mnist-lt-fixmatch", "--set", "debias.methods=cdmad,dytrim", "--set", "debias.start=16",
           "--set", "train.steps=96", "--set", "train.eval_every=8", "--set", "train.progress=false",
-          "--set", "train.threads=1"]
+          "--set", "train.threads=1",
+       "--set", "train.device=cpu"]  # the CPU path, also on a GPU machine
 
 
 def _train(*args: str) -> subprocess.Popen:

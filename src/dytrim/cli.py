@@ -126,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if main_rank:
             print(f"dytrim: stopped at step {stop.step}; continue with: dytrim train --resume {out}", file=sys.stderr)
         return stop.exit_code
+    finally:
+        trainer.dist.close()
     if not main_rank:
         return 0
     annotate_summary(out, card)  # class names and data facts (e.g. the hold-out test set) in summary.json

@@ -149,6 +149,10 @@ class TrainConfig:
     ckpt_every: int = 0  # 0 = at every evaluation
     keep_ckpts: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast forward + loss; fp32 weights, optimiser, EMA) | auto: bf16 where
+    #   the device does it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16), else fp32
+    compile: str = "off"  # off | on | auto (torch.compile of the training forward for runs of >= 5000 steps); a
+    #   compile failure falls back to eager with one warning
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
     progress: bool = True
 
@@ -180,6 +184,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("constant", "cosine"),
     "optim.ema_buffers": ("ema", "copy"),
     "train.forward": ("separate", "joint"),
+    "train.precision": ("fp32", "bf16", "auto"),
+    "train.compile": ("off", "on", "auto"),
     "debias.reweight_kind": ("inverse", "effective"),
     "debias.resample_kind": ("inverse", "effective"),
     "debias.baseline": ("zeros", "ones"),
@@ -188,6 +194,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.cadence": ("pass", "epoch"),
     "prune.budget": ("fixed", "shrink"),
 }
+
+
+#: str keys whose values include on / off, which YAML 1.1 reads as booleans
+ON_OFF_KEYS = ("train.compile",)
 
 
 def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
@@ -235,6 +245,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     elif ann is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool) and key in ON_OFF_KEYS:  # YAML reads a bare on / off as a boolean
+            return "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     else:  # pragma: no cover - only the types above are used

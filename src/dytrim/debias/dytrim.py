@@ -25,6 +25,7 @@ from dytrim.config import RunConfig
 from dytrim.debias import COMPONENTS
 from dytrim.debias.baseline import baseline_image
 from dytrim.engine.hooks import Batch, Component, StepOutput
+from dytrim.engine.indexing import put_last
 from dytrim.engine.rng import set_generator_state
 from dytrim.pruning.sampler import PrunedSampler
 from dytrim.pruning.select import keep_labeled, soft_prune
@@ -121,7 +122,7 @@ class DyTrim(Component):
             batch.w_ulb *= self.w_ulb[batch.ulb_pos]
 
     def observe(self, batch: Batch, out: StepOutput, step: int) -> None:
-        self.score_lb[batch.lb_pos] = out.loss_lb.float()
+        put_last(self.score_lb, batch.lb_pos, out.loss_lb.float())
         if out.loss_ulb is None or out.logits_ulb_w is None or batch.ulb_pos is None:
             return
         logits = out.logits_ulb_w.float()
@@ -133,8 +134,8 @@ class DyTrim(Component):
             score = out.loss_ulb.float().sum(0)
         else:
             score = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-        self.score_ulb[batch.ulb_pos] = score
-        self.conf_ulb[batch.ulb_pos] = probs.amax(-1)
+        put_last(self.score_ulb, batch.ulb_pos, score)
+        put_last(self.conf_ulb, batch.ulb_pos, probs.amax(-1))
 
     def clock_rate(self) -> float:
         """With prune.budget=shrink, one update stands for |pool| / |kept| steps of the full-data clock."""

@@ -17,20 +17,35 @@ from torch import nn
 
 
 class Dist:
-    """Rank, world size and the few collectives the loop needs."""
+    """Rank, world size, this rank's device and the few collectives the loop needs."""
 
-    def __init__(self, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None) -> None:
         self.rank, self.world = rank, world
+        self.device = device or torch.device("cpu")  # where collective tensors live (nccl serves CUDA only)
 
     @classmethod
     def from_env(cls, device: torch.device) -> Dist:
-        """Join the process group torchrun describes (RANK / WORLD_SIZE); one process otherwise."""
+        """Join the process group torchrun describes (RANK / WORLD_SIZE); one process otherwise.
+
+        On CUDA each rank takes the GPU LOCAL_RANK (set before the group exists, so nccl and the object
+        collectives use it rather than cuda:0)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            return cls()
+            return cls(device=device)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
+            if device.type == "cuda":
+                dist.init_process_group(backend="nccl", device_id=device)
+            else:
+                dist.init_process_group(backend="gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), device)
+
+    def close(self) -> None:
+        """Leave the process group (torchrun's processes then exit without nccl's warning)."""
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
     @property
     def main(self) -> bool:
@@ -92,7 +107,7 @@ class Dist:
         """True if `flag` is true on any rank (e.g. a non-finite loss stops every rank together)."""
         if self.world == 1:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t)
         return bool(t.item() > 0)
 

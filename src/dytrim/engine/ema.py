@@ -26,22 +26,39 @@ class EMATeacher:
         self.decay = decay
         self.buffers = buffers
         self._param_names = {name for name, _ in model.named_parameters()}
+        self._plan(model)
+
+    def _plan(self, model: nn.Module) -> None:
+        """Pair the EMA tensors with the student's once: averaged, copied (integer buffers, or every buffer with
+        buffers="copy") and decayed (the student's floating tensors); updates then run as a few foreach kernels
+        instead of one small kernel per tensor. Same arithmetic per element as the per-tensor loop. The
+        state_dict tensors share storage with the modules' (updated in place by the optimiser and
+        load_state_dict), so the pairing stays valid for the life of both models."""
+        self._student = model
+        student, mine = model.state_dict(), self.model.state_dict()
+        self._avg_ema, self._avg_src, self._copy_ema, self._copy_src = [], [], [], []
+        for name, ema_t in mine.items():
+            src = student[name]
+            if not ema_t.is_floating_point() or (self.buffers == "copy" and name not in self._param_names):
+                self._copy_ema.append(ema_t)
+                self._copy_src.append(src)
+            else:
+                self._avg_ema.append(ema_t)
+                self._avg_src.append(src)
+        self._student_float = [t for t in student.values() if t.is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module, decoupled_wd: float = 0.0) -> None:
-        student = model.state_dict()
-        for name, ema_t in self.model.state_dict().items():
-            src = student[name]
-            if not ema_t.is_floating_point():
-                ema_t.copy_(src)  # e.g. BN num_batches_tracked
-            elif self.buffers == "copy" and name not in self._param_names:
-                ema_t.copy_(src)
-            else:
-                ema_t.mul_(self.decay).add_(src, alpha=1.0 - self.decay)
-        if decoupled_wd > 0:
-            for t in student.values():
-                if t.is_floating_point():
-                    t.mul_(1.0 - decoupled_wd)
+        """One EMA step from `model` (normally the student this teacher was made from)."""
+        if model is not self._student:
+            self._plan(model)
+        if self._copy_ema:
+            torch._foreach_copy_(self._copy_ema, self._copy_src)
+        if self._avg_ema:
+            torch._foreach_mul_(self._avg_ema, self.decay)
+            torch._foreach_add_(self._avg_ema, self._avg_src, alpha=1.0 - self.decay)
+        if decoupled_wd > 0 and self._student_float:
+            torch._foreach_mul_(self._student_float, 1.0 - decoupled_wd)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()

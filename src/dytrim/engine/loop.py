@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import signal
 import time
@@ -30,6 +29,7 @@ from dytrim.debias import create_components
 from dytrim.debias.baseline import baseline_image, prior_probe
 from dytrim.engine import rng as rng_state
 from dytrim.engine import runlog
+from dytrim.engine.accel import CompiledForward, autocast, cpu_facts, resolve_compile, resolve_precision
 from dytrim.engine.checkpoint import atomic_write_text, checkpoint_paths, load_latest, save_checkpoint
 from dytrim.engine.distributed import Dist
 from dytrim.engine.ema import EMATeacher
@@ -68,8 +68,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
         self.dist = Dist.from_env(self.device)  # torchrun: this rank's slice of every global batch
-        if self.dist.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = self.dist.device  # under torchrun on CUDA: cuda:LOCAL_RANK
         for key, size in (("train.batch_size", cfg.train.batch_size),
                           ("train.uratio", cfg.train.batch_size * cfg.train.uratio)):
             if size % self.dist.world:
@@ -88,6 +87,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
         self.dist.broadcast_module(self.model)
+        self.precision = resolve_precision(cfg.train.precision, self.device)  # "bf16" | "fp32"
+        self.compiled = resolve_compile(cfg.train.compile, cfg.train.steps)
+        self.forward_fn = CompiledForward(self.model) if self.compiled else self.model  # training forward only
         self.ema = EMATeacher(self.model, cfg.optim.ema_decay, cfg.optim.ema_buffers)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ssl = create_ssl(cfg.ssl, d.num_classes, len(d.ulb_idx))
@@ -114,6 +116,8 @@ class Trainer:
         self.wall_s = 0.0  # total wall time of the run, carried across resumes
         self.samples_seen = 0
         self.restored_from: Path | None = None  # the checkpoint `restore` loaded
+        self._first_bad = torch.tensor(-1, device=self.device)  # first step with a non-finite loss (-1: none)
+        self._bad_loss = torch.tensor(0.0, dtype=torch.float64, device=self.device)  # its value
 
     # ------------------------------------------------------------------ one step
     def _views(self) -> Batch:
@@ -143,15 +147,16 @@ class Trainer:
         concatenated pass (train.forward=joint, as USB); `grad[i]` False = no graph for input i."""
         cl = self.cfg.model.channels_last
         prep = [x.contiguous(memory_format=torch.channels_last) if cl else x for x in xs]
-        if self.cfg.train.forward == "joint":
-            logits = self.model(torch.cat(prep))
-            outs = list(logits.split([len(x) for x in xs]))
-            return [o if g else o.detach() for o, g in zip(outs, grad, strict=True)]
-        outs = []
-        for x, g in zip(prep, grad, strict=True):
-            with torch.set_grad_enabled(g):
-                outs.append(self.model(x))
-        return outs
+        with autocast(self.precision, self.device):  # bf16 forward; logits leave in fp32 for losses and hooks
+            if self.cfg.train.forward == "joint":
+                logits = self.forward_fn(torch.cat(prep)).float()
+                outs = list(logits.split([len(x) for x in xs]))
+                return [o if g else o.detach() for o, g in zip(outs, grad, strict=True)]
+            outs = []
+            for x, g in zip(prep, grad, strict=True):
+                with torch.set_grad_enabled(g):
+                    outs.append(self.forward_fn(x).float())
+            return outs
 
     def train_step(self) -> dict[str, float]:
         cfg, step = self.cfg, self.step
@@ -173,7 +178,7 @@ class Trainer:
         y_onehot = torch.nn.functional.one_hot(batch.y_lb, self.data.num_classes).float()
         loss_lb = soft_cross_entropy(logits_lb.float(), y_onehot)
         loss = (loss_lb * batch.w_lb).mean()
-        stats = {"loss_x": float(loss_lb.detach().mean())}
+        stats = {"loss_x": loss_lb.detach().mean()}  # device scalars: read at evaluation, not per step
         out = StepOutput(loss_lb=loss_lb.detach(), loss_ulb=None, targets=None, mask=None, logits_ulb_w=None)
         obs_batch, ulb_pos_g = batch, None
         if ulb:
@@ -197,17 +202,16 @@ class Trainer:
             true_u = self.data.y_train[self.data.ulb_idx[ulb_pos_g]]  # -1 = unknown (your own unlabeled folder)
             hit = (targets_g.argmax(-1) == true_u).float()
             known = mask_g * (true_u >= 0).float()
-            stats |= {"loss_u": float(loss_u.detach()), "mask_rate": float(mask_g.mean())}
-            if bool((true_u >= 0).any()):
-                stats["pseudo_acc"] = float((hit * known).sum() / known.sum().clamp_min(1e-12))
+            stats |= {"loss_u": loss_u.detach(), "mask_rate": mask_g.mean(),
+                      "pseudo_acc": (hit * known).sum() / known.sum().clamp_min(1e-12),
+                      "_has_truth": (true_u >= 0).any()}  # pseudo_acc is logged only where labels are known
             out = StepOutput(out.loss_lb, loss_ulb.detach(), targets_g, mask_g, logits_w)
         if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch
             obs_batch, out = self._global_view(batch, out, ulb_pos_g)
-        if self.dist.any(not bool(torch.isfinite(loss))):
-            raise TrainingDiverged(
-                f"non-finite loss ({float(loss.detach())}) at step {step}; the run stopped and keeps its last good "
-                "checkpoint. Lower optim.lr or check the data."
-            )
+        # a non-finite loss is recorded on the device (no sync) and acted on before the next evaluation or checkpoint
+        bad = ~torch.isfinite(loss.detach())
+        self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
+        self._bad_loss = torch.where(bad & torch.isfinite(self._bad_loss), loss.detach().double(), self._bad_loss)
         lr = lr_at(step, cfg.train.steps, cfg.optim)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
@@ -225,12 +229,21 @@ class Trainer:
         self.samples_seen += n_lb + n_ulb
         self.samples_fwd += n_lb + n_ulb * (1 + len(batch.x_ulb_s))
         self.samples_bwd += n_lb + n_ulb * len(batch.x_ulb_s)
-        stats["loss"] = float(loss.detach())
+        stats["loss"] = loss.detach()
         if self.dist.world > 1:  # losses: mean over ranks (the global-batch loss)
             keys = [k for k in ("loss", "loss_x", "loss_u") if k in stats]
-            vals = self.dist.gather(torch.tensor([[stats[k] for k in keys]], dtype=torch.float64)).mean(0)
-            stats |= {k: float(v) for k, v in zip(keys, vals, strict=True)}
+            vals = self.dist.gather(torch.stack([stats[k].double() for k in keys])[None]).mean(0)
+            stats |= dict(zip(keys, vals, strict=True))
         return stats | {"lr": lr}
+
+    def _check_finite(self) -> None:
+        """Stop (every rank) if any step since the last check had a non-finite loss; one host read per check."""
+        first = int(self._first_bad)
+        if self.dist.any(first >= 0):
+            raise TrainingDiverged(
+                f"non-finite loss ({float(self._bad_loss)}) at step {first}; the run stopped and keeps its last good "
+                "checkpoint. Lower optim.lr or check the data."
+            )
 
     def _global_view(
         self, batch: Batch, out: StepOutput, ulb_pos_g: torch.Tensor | None
@@ -364,8 +377,11 @@ class Trainer:
         self.restored_from = path
         return path
 
-    def _metrics_row(self, stats: dict[str, float], wall_s: float) -> dict[str, Any]:
+    def _metrics_row(self, stats: dict[str, Any], wall_s: float) -> dict[str, Any]:
         """One metrics.jsonl row: an evaluation of the EMA model plus the last step's losses and counters."""
+        stats = {k: float(v) for k, v in stats.items()}  # the step's device scalars, read once here
+        if not stats.pop("_has_truth", 1.0):
+            stats.pop("pseudo_acc", None)
         return {"step": self.step} | self.evaluate() | {
             "lr": stats["lr"],
             "loss": round(stats["loss"], 5),
@@ -395,6 +411,8 @@ class Trainer:
         elif main:
             runlog.write_rows(metrics_path, [])
             meta = runlog.run_metadata(cfg.seed) | {"counts": self.data.counts(), "processes": self.dist.world,
+                                                    "device": str(self.device), "precision": self.precision,
+                                                    "compiled": self.compiled, **cpu_facts(),
                                                     "data_files": self.data.files}
             if self.pretrained is not None:
                 meta["pretrained"] = dataclasses.asdict(self.pretrained)
@@ -415,13 +433,17 @@ class Trainer:
                 self.train_s += time.perf_counter() - t0
                 bar.update(self.step - prev)
                 done = self.step >= t_total
-                if self.step // every != prev // every or done:
+                evaluating = self.step // every != prev // every or done
+                stopping = self.dist.any(stop.requested)  # every rank stops at the same step
+                checkpointing = self.step // ckpt_every != prev // ckpt_every or done or stopping
+                if evaluating or checkpointing:
+                    self._check_finite()
+                if evaluating:
                     row = self._metrics_row(stats, time.perf_counter() - start_wall)
                     if main:
                         runlog.append_row(metrics_path, row)
-                    bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{stats['loss']:.3f}")
-                stopping = self.dist.any(stop.requested)  # every rank stops at the same step
-                if self.step // ckpt_every != prev // ckpt_every or done or stopping:
+                    bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{row['loss']:.3f}")
+                if checkpointing:
                     self.wall_s = time.perf_counter() - start_wall
                     state = self.state_dict()  # collective: every rank's RNG states
                     if main:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from dytrim.config import SSLConfig
+from dytrim.engine.indexing import put_last
 from dytrim.ssl.base import ALGORITHMS
 from dytrim.ssl.fixmatch import FixMatch
 
@@ -52,7 +53,7 @@ class FlexMatch(FixMatch):
         mask = (max_p >= self.cfg.p_cutoff * (beta / (2.0 - beta))).to(max_p.dtype)
         select = max_p >= self.cfg.p_cutoff  # >=, as USB (`max_probs.ge(p_cutoff)`)
         if bool(select.any()):
-            self.selected_label[ulb_pos[select]] = cls[select]
+            put_last(self.selected_label, ulb_pos[select], cls[select])
         self.update_status()
         return mask
 

@@ -77,7 +77,16 @@ ROWS: list[Row] = [
     Row("wrn", "dytrim-shrink", "paper-cifar10lt-g100-dytrim", _DEBIAS + ("prune.budget=shrink",), prime=True),
     # the step USB runs (hard labels tau 0.95, SGD, one strong view, one concatenated forward), same batch
     Row("wrn", "fixmatch-usb", "usb-cifar10lt-fixmatch", ("train.batch_size=32",)),
+    # the speed settings (issue 14) on the paper step: memory format, bf16 autocast, torch.compile
+    Row("wrn", "fixmatch+cl", "paper-cifar10lt-fixmatch", ("model.channels_last=true",)),
+    Row("wrn", "fixmatch+bf16+cl", "paper-cifar10lt-fixmatch", ("model.channels_last=true", "train.precision=bf16")),
+    Row("wrn", "fixmatch+cl+compile", "paper-cifar10lt-fixmatch", ("model.channels_last=true", "train.compile=on")),
+    Row("wrn", "fixmatch+bf16+cl+compile", "paper-cifar10lt-fixmatch",
+        ("model.channels_last=true", "train.precision=bf16", "train.compile=on")),
     Row("cnn", "fixmatch", "cpu-cifar10lt-fixmatch", _CNN),
+    Row("cnn", "fixmatch+cl", "cpu-cifar10lt-fixmatch", _CNN + ("model.channels_last=true",)),
+    Row("cnn", "fixmatch+bf16+cl", "cpu-cifar10lt-fixmatch",
+        _CNN + ("model.channels_last=true", "train.precision=bf16")),
     Row("cnn", "cdmad", "cpu-cifar10lt-cdmad", _CNN + _DEBIAS),
     Row("cnn", "dytrim", "cpu-cifar10lt-dytrim", _CNN + _DEBIAS),
     Row("cnn", "dytrim-shrink", "cpu-cifar10lt-dytrim-shrink", _CNN + _DEBIAS, prime=True),
@@ -157,6 +166,7 @@ def bench_row(row: Row, root: Path, args: argparse.Namespace) -> dict[str, Any]:
         largest_fwd = n_lb + n_ulb * (1 + cfg.ssl.n_strong) if cfg.train.forward == "joint" else max(n_lb, n_ulb)
         res = {
             "key": row.key, "model": cfg.model.name, "method": row.method, "preset": row.preset,
+            "precision": trainer.precision, "compiled": trainer.compiled,
             "overrides": list(row.overrides),
             "batch": f"{n_lb} lb + {n_ulb} ulb x (1 weak + {cfg.ssl.n_strong} strong), {cfg.train.forward} forward",
             "channels_last": cfg.model.channels_last, "largest_forward_batch": largest_fwd,
@@ -265,7 +275,10 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    from dytrim.engine.accel import cpu_facts, cpu_has_bf16
+
+    return {"cpu": cpu, "cpu_flags": cpu_facts()["cpu_flags"], "bf16_hardware": cpu_has_bf16(),
+            "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "mkldnn": torch.backends.mkldnn.is_available(), "load": os.getloadavg()}
 
 

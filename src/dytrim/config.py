@@ -153,6 +153,8 @@ class TrainConfig:
     #   the device does it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16), else fp32
     compile: str = "off"  # off | on | auto (torch.compile of the training forward for runs of >= 5000 steps); a
     #   compile failure falls back to eager with one warning
+    deterministic: bool = True  # CUDA: deterministic algorithms + CUBLAS_WORKSPACE_CONFIG, so a resumed run equals an
+    #   uninterrupted one there too (the CPU is deterministic anyway); false trades that for speed
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
     progress: bool = True
 

@@ -4,6 +4,7 @@ torch.compile with a fallback to eager; plus the machine facts every run and ben
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import warnings
 from collections.abc import Callable
@@ -54,6 +55,16 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def make_deterministic(device: torch.device) -> None:
+    """On CUDA: deterministic algorithms (warn where an op has none) and a fixed cuBLAS workspace, so results do
+    not depend on kernel scheduling and exact resume holds there as on the CPU."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def resolve_compile(setting: str, steps: int) -> bool:

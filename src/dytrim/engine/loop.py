@@ -29,7 +29,14 @@ from dytrim.debias import create_components
 from dytrim.debias.baseline import baseline_image, prior_probe
 from dytrim.engine import rng as rng_state
 from dytrim.engine import runlog
-from dytrim.engine.accel import CompiledForward, autocast, cpu_facts, resolve_compile, resolve_precision
+from dytrim.engine.accel import (
+    CompiledForward,
+    autocast,
+    cpu_facts,
+    make_deterministic,
+    resolve_compile,
+    resolve_precision,
+)
 from dytrim.engine.checkpoint import atomic_write_text, checkpoint_paths, load_latest, save_checkpoint
 from dytrim.engine.distributed import Dist
 from dytrim.engine.ema import EMATeacher
@@ -69,6 +76,8 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.dist = Dist.from_env(self.device)  # torchrun: this rank's slice of every global batch
         self.device = self.dist.device  # under torchrun on CUDA: cuda:LOCAL_RANK
+        if cfg.train.deterministic:
+            make_deterministic(self.device)
         for key, size in (("train.batch_size", cfg.train.batch_size),
                           ("train.uratio", cfg.train.batch_size * cfg.train.uratio)):
             if size % self.dist.world:

@@ -45,9 +45,9 @@ class CDMAD(Component):
 
     def pseudo_logits(self, logits_w: torch.Tensor, step: int) -> torch.Tensor:
         if step >= self.start and self.z_I is not None:
-            return logits_w - self.z_I.to(logits_w.dtype)
+            return logits_w.float() - self.z_I.float()  # in fp32: the loop's logits and z(I) both are
         return logits_w
 
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """z(x) − z(I), with z(I) from the EMA model in BN mode `debias.test_bn` (reference: eval)."""
-        return logits - baseline_logits(self.trainer.ema.model, self.image, self.test_bn).to(logits.dtype)
+        return logits.float() - baseline_logits(self.trainer.ema.model, self.image, self.test_bn).float()

@@ -28,7 +28,8 @@ class LogitAdjustLoss(Component):
 
     def train_logits(self, logits: torch.Tensor, labeled: bool, step: int) -> torch.Tensor:
         if labeled or self.unlabeled:
-            return logits + self.offsets.to(logits.device, logits.dtype)
+            self.offsets = _on(self.offsets, logits.device)
+            return logits.float() + self.offsets  # in fp32 whatever the forward's precision
         return logits
 
 
@@ -42,4 +43,10 @@ class LogitAdjustPosthoc(Component):
         self.offsets = log_prior_offsets(lb_counts, cfg.debias.la_tau)
 
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits - self.offsets.to(logits.device, logits.dtype)
+        self.offsets = _on(self.offsets, logits.device)
+        return logits.float() - self.offsets
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`, copied at the first use there only (not once per step)."""
+    return t if t.device == device else t.to(device)

@@ -27,9 +27,15 @@ class ReWeight(Component):
         self.w = class_weights(lb_counts, cfg.debias.reweight_kind, cfg.debias.reweight_beta)
         self.unlabeled = cfg.debias.reweight_unlabeled
 
+    def _w_on(self, device: torch.device) -> torch.Tensor:
+        """The class weights on `device`, copied there at the first use only (not once per step)."""
+        if self.w.device != device:
+            self.w = self.w.to(device)
+        return self.w
+
     def weight(self, batch: Batch, step: int) -> None:
-        batch.w_lb = batch.w_lb * self.w.to(batch.w_lb.device)[batch.y_lb]
+        batch.w_lb = batch.w_lb * self._w_on(batch.w_lb.device)[batch.y_lb]
 
     def weight_unlabeled(self, batch: Batch, targets: torch.Tensor, mask: torch.Tensor, step: int) -> None:
         if self.unlabeled and batch.w_ulb is not None:
-            batch.w_ulb = batch.w_ulb * self.w.to(targets.device)[targets.argmax(dim=-1)]
+            batch.w_ulb = batch.w_ulb * self._w_on(targets.device)[targets.argmax(dim=-1)]

@@ -74,27 +74,25 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def average_gradients(self, model: nn.Module) -> None:
-        """Mean of the gradients over ranks (one flat all-reduce): the gradient of the global-batch loss."""
-        if self.world == 1:
+    def _mean_in_place(self, tensors: list[torch.Tensor]) -> None:
+        """Replace each tensor by its mean over ranks, with one flat all-reduce for all of them."""
+        if self.world == 1 or not tensors:
             return
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat)
         flat /= self.world
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def average_gradients(self, model: nn.Module) -> None:
+        """Mean of the gradients over ranks: the gradient of the global-batch loss."""
+        self._mean_in_place([p.grad for p in model.parameters() if p.grad is not None])
 
     def average_buffers(self, model: nn.Module) -> None:
         """Mean of the floating-point buffers (BN running statistics) over ranks, so all ranks agree."""
-        if self.world == 1:
-            return
-        for b in model.buffers():
-            if b.is_floating_point():
-                dist.all_reduce(b)
-                b /= self.world
+        self._mean_in_place([b for b in model.buffers() if b.is_floating_point()])
 
     def broadcast_module(self, model: nn.Module) -> None:
         """Start every rank from the main rank's weights and buffers."""

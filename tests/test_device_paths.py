@@ -151,3 +151,20 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(tmp_path, monkeypa
     assert len(msgs) == 1 and "no C++ compiler here" in msgs[0] and "eager" in msgs[0]
     assert _metrics(fell_back) == _metrics(eager)
     assert json.loads((fell_back / "run.json").read_text())["compiled"] is True
+
+
+def test_two_process_ddp_in_bf16_keeps_ranks_in_sync(tmp_path) -> None:
+    """DDP (gloo, CPU) with bf16 autocast: every rank holds the same weights and state at every evaluation."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29541", "-m", "dytrim", "train", *TINY, "--set", "train.precision=bf16",
+                          "--set", "train.steps=6", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [3, 6] and all(r["ranks_in_sync"] for r in rows)
+    assert json.loads((out / "run.json").read_text())["precision"] == "bf16"

@@ -22,6 +22,11 @@ from dytrim.data.readers import DataError
 from dytrim.engine.checkpoint import CheckpointError, WriteFailure
 from dytrim.resume import resume_config, run_traces
 
+#: Exit codes: 0 done; 1 a bug in dytrim (a traceback, please report it); 2 a user error (config, data,
+#: arguments, a run directory that does not fit); 3 training diverged; 4 the environment failed (disk full,
+#: permission denied, read-only file system); 130 / 143 stopped by SIGINT / SIGTERM after a checkpoint.
+EXIT_USER, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 4, 130
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="preset name (`dytrim presets` lists them)")
@@ -121,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = trainer.fit(resume=bool(args.resume))
     except TrainingDiverged as exc:
         print(f"dytrim: training stopped: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     except Stopped as stop:
         if main_rank:
             print(f"dytrim: stopped at step {stop.step}; continue with: dytrim train --resume {out}", file=sys.stderr)
@@ -180,12 +185,6 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Exit codes: 0 done; 1 a bug in dytrim (a traceback, please report it); 2 a user error (config, data,
-#: arguments, a run directory that does not fit); 3 training diverged; 4 the environment failed (disk full,
-#: permission denied, read-only file system); 130 / 143 stopped by SIGINT / SIGTERM after a checkpoint.
-EXIT_USER, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 4, 130
-
-
 def _one_line_warning(message: Warning | str, *rest: object) -> str:
     """Warnings print as `dytrim: warning: ...`, one line, without the source line Python shows."""
     return f"dytrim: warning: {message}\n"
@@ -213,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
         reason = str(exc) if isinstance(exc, WriteFailure) else f"{exc.strerror or exc}{where}"
-        print(f"dytrim: error: {reason}. Files already written are intact (the last checkpoint is kept); fix the "
-              "disk or permissions and continue with --resume (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"dytrim: error: {reason}. Files already written are intact (a run keeps its last checkpoint); fix the "
+              "disk or permissions, then run again (a run: --resume DIR); --debug shows the traceback", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         if debug:

@@ -81,6 +81,7 @@ def _check_writable(out: Path, what: str = "--out") -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from dytrim.datacard import annotate_summary, write_card
     from dytrim.engine.loop import Trainer, TrainingDiverged
+    from dytrim.engine.runlog import format_summary
     from dytrim.engine.stop import Stopped
 
     if args.resume:
@@ -136,8 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not main_rank:
         return 0
     annotate_summary(out, card)  # class names and data facts (e.g. the hold-out test set) in summary.json
-    brief = {k: summary[k] for k in ("bacc", "gm", "acc") if k in summary}
-    print(json.dumps({"out": str(out), "steps": summary["steps"], "wall_s": summary["wall_s"], **brief}, indent=1))
+    print(format_summary(summary, out))
     return 0
 
 

@@ -451,7 +451,9 @@ class Trainer:
                     row = self._metrics_row(stats, time.perf_counter() - start_wall)
                     if main:
                         runlog.append_row(metrics_path, row)
-                    bar.set_postfix(bacc=f"{row['bacc']:.3f}", gm=f"{row['gm']:.3f}", loss=f"{row['loss']:.3f}")
+                    debiased = {"bacc_deb": f"{100 * row['bacc_debiased']:.1f}"} if "bacc_debiased" in row else {}
+                    bar.set_postfix(bacc=f"{100 * row['bacc']:.1f}", **debiased, gm=f"{100 * row['gm']:.1f}",
+                                    loss=f"{row['loss']:.3f}")
                 if checkpointing:
                     self.wall_s = time.perf_counter() - start_wall
                     state = self.state_dict()  # collective: every rank's RNG states
@@ -473,7 +475,7 @@ class Trainer:
             summary["full_test"] = full_test
         summary["notes"] = (
             "metrics of the EMA model on the test set; last = final evaluation, best = max over evaluations, "
-            "mean/median_last20 = over the last 20 evaluations"
+            "mean/median_last20 = over the last min(20, n) evaluations, n_last of them"
         )
         atomic_write_text(out / "summary.json", _json(summary))
         runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts)

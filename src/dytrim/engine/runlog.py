@@ -39,7 +39,8 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str, Any]:
-    """For every metric present: last, best, mean and median of the last 20 evaluations."""
+    """For every metric present: last, best, and the mean and median of the last min(20, n) evaluations, with that
+    count as `n_last` (a short run averages all of its evaluations, early ones included: the count says so)."""
     out: dict[str, Any] = {}
     keys = [k for k in rows[-1] if k.split("_debiased")[0] in SUMMARY_METRICS] if rows else []
     for key in keys:
@@ -53,6 +54,7 @@ def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str
             "best": max(vals),
             "mean_last20": sum(tail) / len(tail),
             "median_last20": tail[mid] if len(tail) % 2 else (tail[mid - 1] + tail[mid]) / 2,
+            "n_last": len(tail),
         }
     out["steps"] = steps
     out["wall_s"] = round(wall_s, 2)
@@ -83,6 +85,33 @@ def run_metadata(seed: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
     }
+
+
+def format_summary(summary: dict[str, Any], out: Path | str) -> str:
+    """The end-of-run table a person reads: percentages with one decimal, last / best / mean of the last n
+    evaluations, raw and debiased where a component debiases predictions, the thirds, time and the run folder."""
+    def pct(v: float) -> str:
+        return f"{100 * v:5.1f}"
+
+    n = next((summary[k]["n_last"] for k in ("bacc", "acc") if k in summary), 0)
+    head = f"{'EMA model, test set (%)':<24} {'last':>6} {'best':>6} {f'mean of last {n}':>16}"
+    lines = [head, "-" * len(head)]
+    for key, label in (("acc", "accuracy"), ("bacc", "bACC"), ("gm", "GM"), ("acc_debiased", "accuracy, debiased"),
+                       ("bacc_debiased", "bACC, debiased"), ("gm_debiased", "GM, debiased")):
+        if key in summary:
+            s = summary[key]
+            lines.append(f"{label:<24} {pct(s['last']):>6} {pct(s['best']):>6} {pct(s['mean_last20']):>16}")
+    for suffix, label in (("", "many / medium / few"), ("_debiased", "many / medium / few, debiased")):
+        if all(f"{g}{suffix}" in summary for g in ("many", "medium", "few")):
+            groups = " / ".join(pct(summary[f"{g}{suffix}"]["last"]).strip() for g in ("many", "medium", "few"))
+            lines.append(f"{label}: {groups} (last evaluation)")
+    full = summary.get("full_test")
+    if full:
+        lines.append(f"full test set ({full.get('eval_n', '?')} images), final: bACC {pct(full['bacc']).strip()}, "
+                     f"GM {pct(full['gm']).strip()}")
+    lines.append(f"{summary['steps']} steps in {summary['wall_s']:.0f} s; everything is in {out} "
+                 "(summary.json keeps full precision)")
+    return "\n".join(lines)
 
 
 def plot_curves(

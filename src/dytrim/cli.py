@@ -1,5 +1,9 @@
-"""Command line: `dytrim train | presets | data info | eval | predict | export`. Errors print one clear line and
-exit 2."""
+"""dytrim: long-tailed semi-supervised image classification (FixMatch, FlexMatch, FreeMatch; logit adjustment,
+re-weighting, re-sampling, CDMAD; DyTrim pruning), after "Learning Dynamics of Logits Debiasing for Long-Tailed
+Semi-Supervised Learning" (ICLR 2026): debiasing reshapes the gradient flow, a baseline image tracks the prior.
+
+Commands: train, presets, data info, eval, predict, export, report, dynamics. Errors print one line: exit 2 for
+a user error, 4 when the machine fails (disk, permissions), 3 when training diverges; --debug shows tracebacks."""
 
 from __future__ import annotations
 
@@ -12,9 +16,7 @@ from pathlib import Path
 
 from dytrim.config import (
     ConfigError,
-    RunConfig,
-    all_keys,
-    get_key,
+    key_help,
     list_presets,
     load_config,
 )
@@ -36,22 +38,30 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dytrim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dytrim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also: DYTRIM_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model (or continue one with --resume DIR)")
+    p = sub.add_parser("train", help="train a model (or continue one with --resume DIR)",
+                       description="Train from a preset (`dytrim presets`) with --set overrides into --out, or "
+                       "continue a run with --resume DIR (only keys that keep the experiment may change). Ctrl-C or "
+                       "SIGTERM stop after the current step with a checkpoint.")
     _add_config_args(p)
     p.add_argument("--out", help="run directory (config.yaml, metrics.jsonl, summary.json, checkpoints)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest valid checkpoint")
 
-    p = sub.add_parser("presets", help="list presets (or all config keys with --keys)")
-    p.add_argument("--keys", action="store_true", help="list every config key with its default")
+    p = sub.add_parser("presets", help="list presets (or all config keys with --keys)",
+                       description="List the presets with their descriptions, or with --keys every config key with "
+                       "its type, default, allowed values and meaning.")
+    p.add_argument("--keys", action="store_true", help="list every config key: type, default, allowed values, meaning")
 
-    p = sub.add_parser("data", help="data set tools")
+    p = sub.add_parser("data", help="data set tools", description="Data set tools: `dytrim data info`.")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    q = dsub.add_parser("info", help="per-class labeled/unlabeled/test counts of a split, as JSON")
+    q = dsub.add_parser("info", help="per-class labeled/unlabeled/test counts of a split, as JSON",
+                        description="Build a preset's split (no training) and print its per-class labeled, "
+                        "unlabeled and test counts as JSON.")
     _add_config_args(q)
 
     from dytrim import cli_model  # eval / predict / export: commands that use a trained run
@@ -143,9 +153,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.keys:
-        default = RunConfig()
-        for key in all_keys(default):
-            print(f"{key} = {get_key(default, key)!r}")
+        for k in key_help():
+            allowed = f"; one of {k['allowed']}" if k["allowed"] else ""
+            print(f"{k['key']} ({k['type']}, default {k['default']}{allowed})\n    {k['meaning']}")
         return 0
     presets = list_presets()
     width = max(map(len, presets), default=0)

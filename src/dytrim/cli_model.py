@@ -36,7 +36,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="write the EMA model with its class names and preprocessing constants")
     _run_args(p)
-    p.add_argument("--format", required=True, choices=["state_dict", "torchscript", "onnx"])
+    p.add_argument("--format", required=True, choices=["state_dict", "torchscript", "onnx"],
+                   help="state_dict: weights + metadata, read as data; torchscript: a program for deployment; "
+                   "onnx: needs the onnx extra")
     p.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/export/model.<format suffix>)")
 
 
@@ -45,7 +47,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the run's config, e.g. --set data.root=... if the data moved")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = the run's train.threads)")
 
 

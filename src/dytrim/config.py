@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which images, and how the long-tailed labeled/unlabeled split is drawn."""
 
-    name: str = "cifar10"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist10k | stl10 | smallimagenet127 | folder
+    name: str = "cifar10"  # which data set (mnist10k: the embedded digits; folder: your own class folders)
     root: str = ""  # data directory or file; "" = default location (the embedded file for mnist10k)
     n1: int = 1500  # labeled images of the head class
     m1: int = 3000  # unlabeled images of the head class (of the unlabeled profile's largest class)
@@ -52,7 +52,7 @@ class DataConfig:
 class ModelConfig:
     """Backbone choice (see `dytrim.models.list_models()`)."""
 
-    name: str = "wrn_28_2"
+    name: str = "wrn_28_2"  # backbone: wrn_28_2, wrn_28_8, wrn, cnn_small, resnet_tiny, resnet50, vit_tiny, vit_small
     channels_last: bool = False  # memory format of activations (faster on some CPUs/GPUs)
     pretrained: str = ""  # local .pt/.pth/.safetensors weights for a fresh run ("" = none); report in run.json
     pretrained_key: str = ""  # entry of a wrapped checkpoint to read (e.g. "ema_model"); "" = guess
@@ -62,8 +62,8 @@ class ModelConfig:
 class AugConfig:
     """Weak (crop+flip) and strong (RandAugment + Cutout) views, batched on the device."""
 
-    pad: int = 4
-    flip: bool = True
+    pad: int = 4  # random-crop padding in pixels (weak and strong views)
+    flip: bool = True  # random horizontal flip (weak and strong views)
     n_ops: int = 3  # RandAugment ops per image (reference: 3)
     magnitude: float = 4.0  # RandAugment magnitude of 30 (reference: 4)
     cutout: int = 16  # Cutout square side in pixels after normalisation (0 = off)
@@ -77,7 +77,7 @@ class SSLConfig:
     hard_label: bool = True  # one-hot argmax targets (FixMatch) or soft softmax targets (reference code)
     p_cutoff: float = 0.95  # confidence threshold tau (reference code: 0)
     temperature: float = 1.0  # softmax temperature of soft targets
-    lambda_u: float = 1.0
+    lambda_u: float = 1.0  # weight of the unlabeled (consistency) loss
     n_strong: int = 1  # strong views per unlabeled image (reference code: 2)
     thresh_warmup: bool = True  # FlexMatch: count never-predicted samples in the normaliser (warm-up)
     ema_p: float = 0.999  # FreeMatch: EMA momentum of the global/local thresholds and histograms
@@ -88,12 +88,12 @@ class SSLConfig:
 class DebiasConfig:
     """Debiasing components stacked on the SSL base, applied in the listed order (see dytrim.debias)."""
 
-    # components in order: logit_adjust, logit_adjust_posthoc, reweight, resample, cdmad, dytrim
-    methods: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)  # debiasers in order (comma list): logit_adjust,
+    #   logit_adjust_posthoc, reweight, resample, cdmad, dytrim
     la_tau: float = 1.0  # logit adjustment strength tau (offsets tau * log pi, pi = labeled class prior)
     la_unlabeled: bool = False  # loss-form LA also on the strong-view (consistency) logits
     reweight_kind: str = "inverse"  # inverse: 1/n_c | effective: (1 - beta) / (1 - beta^n_c)
-    reweight_beta: float = 0.999
+    reweight_beta: float = 0.999  # beta of the effective-number weights (reweight_kind=effective)
     reweight_unlabeled: bool = False  # also weight pseudo-labeled samples by their predicted class
     resample_kind: str = "inverse"  # class-aware labeled sampling weights, same kinds as reweight_kind
     baseline: str = "zeros"  # baseline image I in the normalised input space: zeros (DyTrim) | ones (CDMAD)
@@ -125,13 +125,13 @@ class OptimConfig:
     """Optimiser, schedule and EMA teacher."""
 
     name: str = "adam"  # adam | sgd
-    lr: float = 0.0015
-    momentum: float = 0.9
-    nesterov: bool = True
+    lr: float = 0.0015  # learning rate (peak of the schedule)
+    momentum: float = 0.9  # SGD momentum (optim.name=sgd)
+    nesterov: bool = True  # Nesterov momentum (optim.name=sgd)
     weight_decay: float = 0.0  # optimiser (coupled) weight decay
     schedule: str = "constant"  # constant | cosine (USB: lr * cos(7*pi*k / (16*K)))
-    warmup_steps: int = 0
-    ema_decay: float = 0.999
+    warmup_steps: int = 0  # linear LR warm-up steps
+    ema_decay: float = 0.999  # decay of the EMA teacher (the evaluated model)
     ema_wd: float = 0.0  # reference quirk: every tensor of the model *= (1 - ema_wd * lr) after each EMA step
     ema_buffers: str = "ema"  # ema: average BN buffers too (reference) | copy: copy them (USB)
 
@@ -140,14 +140,14 @@ class OptimConfig:
 class TrainConfig:
     """Schedule length, batches, evaluation and checkpoint cadence, machine settings."""
 
-    steps: int = 250_000
-    eval_every: int = 500
+    steps: int = 250_000  # optimiser updates (schedule clock steps) of the run
+    eval_every: int = 500  # steps between evaluations of the EMA model (one metrics.jsonl row each)
     batch_size: int = 32  # labeled images per step
     uratio: int = 2  # unlabeled images per labeled image
-    eval_batch_size: int = 512
+    eval_batch_size: int = 512  # images per evaluation forward
     forward: str = "separate"  # separate: one forward per view, as the reference | joint: one concatenated pass
     ckpt_every: int = 0  # 0 = at every evaluation
-    keep_ckpts: int = 2
+    keep_ckpts: int = 2  # newest checkpoints kept on disk
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast forward + loss; fp32 weights, optimiser, EMA) | auto: bf16 where
     #   the device does it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16), else fp32
@@ -156,15 +156,15 @@ class TrainConfig:
     deterministic: bool = True  # CUDA: deterministic algorithms + CUBLAS_WORKSPACE_CONFIG, so a resumed run equals an
     #   uninterrupted one there too (the CPU is deterministic anyway); false trades that for speed
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
-    progress: bool = True
+    progress: bool = True  # tqdm progress bar
 
 
 @dataclass
 class RunConfig:
     """Everything a run needs; stored resolved as config.yaml next to its outputs."""
 
-    seed: int = 0
-    preset: str = ""
+    seed: int = 0  # fixes the data split, initialisation, sampling and augmentation
+    preset: str = ""  # the preset this config was built from (set by --preset)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     aug: AugConfig = field(default_factory=AugConfig)
@@ -213,6 +213,37 @@ def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + f.name)
     return keys
+
+
+def key_help() -> list[dict[str, str]]:
+    """Every key with its type, default, allowed values (CHOICES, as validation uses them) and meaning (the
+    comment beside its field in this file, continuation lines included): what `dytrim presets --keys` prints."""
+    import inspect
+    import re
+
+    default = RunConfig()
+    out = []
+    for section in [None, *dataclasses.fields(RunConfig)]:
+        node = default if section is None else getattr(default, section.name)
+        if not dataclasses.is_dataclass(node):
+            continue
+        comments: dict[str, str] = {}
+        last = None
+        for line in inspect.getsource(type(node)).splitlines():
+            if m := re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s?(.*))?$", line):
+                last = m.group(1)
+                comments[last] = (m.group(2) or "").strip()
+            elif last and (m := re.match(r"\s+#\s+(.*)$", line)):
+                comments[last] += " " + m.group(1).strip()
+        hints = typing.get_type_hints(type(node))
+        for f in dataclasses.fields(node):
+            if dataclasses.is_dataclass(getattr(node, f.name)):
+                continue  # a section: its keys come with it
+            key = f.name if section is None else f"{section.name}.{f.name}"
+            kind = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
+            out.append({"key": key, "type": kind, "default": repr(getattr(node, f.name)),
+                        "allowed": " | ".join(CHOICES.get(key, ())), "meaning": comments.get(f.name, "")})
+    return out
 
 
 def _unknown_key(key: str) -> ConfigError:

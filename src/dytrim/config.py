@@ -157,6 +157,8 @@ class TrainConfig:
     #   uninterrupted one there too (the CPU is deterministic anyway); false trades that for speed
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
     progress: bool = True  # tqdm progress bar
+    tensorboard: bool = False  # also write every metrics row as TensorBoard scalars to <out>/tensorboard (needs the
+    #   tensorboard package)
 
 
 @dataclass

@@ -29,6 +29,7 @@ RESUMABLE: dict[str, str] = {
     "train.eval_batch_size": "evaluation batch size",
     "train.threads": "CPU threads (same computation; float sums may differ in the last bits)",
     "train.progress": "progress bar on or off",
+    "train.tensorboard": "TensorBoard event files beside metrics.jsonl (logging only)",
     "train.deterministic": "CUDA kernel choice (deterministic or fastest); the same computation",
     "train.compile": "torch.compile of the same forward (same computation; float sums may differ in the last bits)",
     "train.device": "another device of the same type (cuda:0 -> cuda:1); a CPU <-> GPU change is refused when the "

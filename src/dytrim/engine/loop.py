@@ -45,6 +45,7 @@ from dytrim.engine.hooks import Batch, Component, StepOutput
 from dytrim.engine.optim import build_optimizer, lr_at, set_lr
 from dytrim.engine.sampler import EpochSampler
 from dytrim.engine.stop import Stopped, StopRequest
+from dytrim.engine.tensorboard import TensorBoardLog, require_tensorboard
 from dytrim.metrics import classification_metrics
 from dytrim.models import create_model
 from dytrim.models.pretrained import LoadReport, load_pretrained
@@ -73,6 +74,8 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out_dir)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if cfg.train.tensorboard:
+            require_tensorboard()  # before any work: the fix in one line
         self.device = resolve_device(cfg.train.device)
         self.dist = Dist.from_env(self.device)  # torchrun: this rank's slice of every global batch
         self.device = self.dist.device  # under torchrun on CUDA: cuda:LOCAL_RANK
@@ -435,6 +438,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=1.0)
         start_wall = time.perf_counter() - self.wall_s
         ckpt_every = cfg.train.ckpt_every or every  # 0 = checkpoint at every evaluation
+        tb = TensorBoardLog(out / "tensorboard", self.data.classes) if cfg.train.tensorboard and main else None
         with StopRequest(announce=main) as stop, bar:  # the bar closes however the loop ends
             while self.step < t_total:
                 t0, prev = time.perf_counter(), self.step
@@ -451,6 +455,8 @@ class Trainer:
                     row = self._metrics_row(stats, time.perf_counter() - start_wall)
                     if main:
                         runlog.append_row(metrics_path, row)
+                    if tb is not None:
+                        tb.write(row)
                     debiased = {"bacc_deb": f"{100 * row['bacc_debiased']:.1f}"} if "bacc_debiased" in row else {}
                     bar.set_postfix(bacc=f"{100 * row['bacc']:.1f}", **debiased, gm=f"{100 * row['gm']:.1f}",
                                     loss=f"{row['loss']:.3f}")
@@ -461,6 +467,8 @@ class Trainer:
                         save_checkpoint(out, self.step, state, cfg.train.keep_ckpts)
                 if stopping and not done:
                     raise Stopped(self.step, stop.signum or signal.SIGTERM)
+        if tb is not None:
+            tb.close()
         self.wall_s = time.perf_counter() - start_wall
         full_test = self.evaluate(full=True) if len(self.data.eval_idx) < len(self.data.y_test) else None
         if not main:

@@ -117,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
         return _finish(out, {"rows": r["rows"], "k_positive": r["k_positive"], "k_other": r["k_other"]})
     if name == "prior":
         r = recipes.prior_recipe(args.run)
-        classes = _classes_of(args.run[0])
+        classes = [_classes_of(run, len(c.lb_prior)) for run, c in zip(args.run, r["curves"], strict=True)]
+        for c, names in zip(r["curves"], classes, strict=True):
+            lb = c.lb_prior
+            r["summary"][c.name] |= {"classes": names, "labeled_gamma": round(float(lb.max() / lb.min()), 4)}
         plots.plot_prior_curves(r["curves"], classes, out)
         return _finish(out, r["summary"])
     from dytrim.dynamics.mnist_figure import mnist_figure_numbers
@@ -127,11 +130,8 @@ def run(args: argparse.Namespace) -> int:
     return _finish(out, r["summary"])
 
 
-def _classes_of(run_dir: str) -> list[str]:
-    """Class names of a run's data set (from its config), for legends."""
-    import yaml
+def _classes_of(run_dir: str, n: int) -> list[str]:
+    """Class names of a run, from its own files (data.json, summary.json), else its data set's, else indices."""
+    from dytrim.report.runs import class_names
 
-    from dytrim.data.readers import CIFAR10_CLASSES, CIFAR100_CLASSES, MNIST_CLASSES
-
-    name = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["data"]["name"]
-    return {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}.get(name, MNIST_CLASSES)
+    return class_names(Path(run_dir), n)

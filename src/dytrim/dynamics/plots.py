@@ -168,11 +168,13 @@ def plot_invariance(
     _save(fig, path, tight=True)
 
 
-def plot_prior_curves(curves: list[Any], classes: Sequence[str], path: str | Path) -> None:
+def plot_prior_curves(curves: list[Any], classes: Sequence[Sequence[str]], path: str | Path) -> None:
     """Per run: π_θ(I) per class against steps (stacked; BN train mode and eval mode) with the labeled
     prior as the last bar; last column: KL(π_θ(I) ‖ labeled prior) against steps. Runs probed from a few
-    checkpoints only are drawn as stacked bars."""
+    checkpoints only are drawn as stacked bars. `classes` holds each run's class names: one legend for the
+    figure when every run has the same, else one per run; titles carry each run's own labeled γ."""
     n = len(curves)
+    shared = all(list(c) == list(classes[0]) for c in classes)
     fig = plt.figure(figsize=(15, 3.4 * n + 0.8))
     grid = fig.add_gridspec(n, 3)
     cmap = plt.get_cmap("tab10")
@@ -181,6 +183,9 @@ def plot_prior_curves(curves: list[Any], classes: Sequence[str], path: str | Pat
     for i, c in enumerate(curves):
         steps = np.asarray(c.steps)
         prior = c.lb_prior.numpy()
+        names = list(classes[i])
+        gamma = float(prior.max() / prior.min()) if prior.min() > 0 else float("inf")
+        run_handles = []
         for j, (mode, priors) in enumerate((("train", c.prior_train), ("eval", c.prior_eval))):
             ax = fig.add_subplot(grid[i, j])
             p = priors.numpy()
@@ -201,12 +206,17 @@ def plot_prior_curves(curves: list[Any], classes: Sequence[str], path: str | Pat
             for k, v in enumerate(prior):
                 h = ax.bar(xs, [v], width=width, bottom=bottom, color=cmap(k % 10), edgecolor="k", lw=0.4)
                 bottom += v
-                if i == 0 and j == 0:
-                    handles.append((h, f"{k}: {classes[k]}" if k < len(classes) else str(k)))
+                if j == 0:
+                    run_handles.append((h, f"{k}: {names[k]}" if k < len(names) else str(k)))
             ax.set_ylim(0, 1)
             ax.set_xlabel("training step (last bar: labeled class prior)")
             ax.set_ylabel("π_θ(I), stacked by class")
-            ax.set_title(f"{c.name}: BN {mode} mode ({c.source})", fontsize=10)
+            ax.set_title(f"{c.name} (labeled γ = {gamma:.3g}): BN {mode} mode ({c.source})", fontsize=10)
+            if j == 1 and not shared:  # runs with other classes: this run's own legend
+                ax.legend([h for h, _ in run_handles], [t for _, t in run_handles], fontsize=7, ncol=2,
+                          loc="upper left", framealpha=0.8)
+        if i == 0:
+            handles = run_handles
         for mode, style in (("train", "-"), ("eval", "--")):  # runs differ in length: x = fraction of the run
             kx.plot(steps / steps.max(), c.kl(mode), style, marker="o", ms=3, color=cmap(i % 10),
                     label=f"{c.name} ({int(steps.max())} steps), BN {mode}")
@@ -216,9 +226,11 @@ def plot_prior_curves(curves: list[Any], classes: Sequence[str], path: str | Pat
     kx.set_title("Distance of the probe to the training prior", fontsize=10)
     kx.grid(alpha=0.3, which="both")
     kx.legend(fontsize=8)
-    fig.legend([h for h, _ in handles], [t for _, t in handles], loc="lower center", ncol=10, fontsize=8,
-               title="class index (head → tail): name", title_fontsize=8)
-    fig.suptitle("Baseline-image probe π_θ(I) over real training runs (EMA model, long-tailed γ = 100)", fontsize=11)
+    if shared:
+        fig.legend([h for h, _ in handles], [t for _, t in handles], loc="lower center", ncol=10, fontsize=8,
+                   title="class index (head → tail): name", title_fontsize=8)
+    fig.suptitle("Baseline-image probe π_θ(I) over training runs (EMA model; each run's labeled γ in its titles)",
+                 fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

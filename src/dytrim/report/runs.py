@@ -61,12 +61,25 @@ class RunRecord:
             return list(range(self.num_classes))
         return sorted(range(self.num_classes), key=lambda c: (-self.lb_counts[c], c))  # type: ignore[index]
 
+    def gammas(self) -> str:
+        """Imbalance ratios of the run's own split (max / min class count, labeled and, where the unlabeled
+        labels are known, unlabeled); the config's values only when the split's counts are not recorded. Image
+        folders and other own-split sources thus show what their split really is."""
+        data = self.config.get("data", {}) or {}
+        unl = (self.meta.get("counts") or {}).get("unlabeled")
+        lb = f"γ_l={split_gamma(self.lb_counts)}" if self.lb_counts else f"γ_l={_g(data.get('imb_ratio_l'))}"
+        if isinstance(unl, list) and unl and sum(unl) > 0:
+            ul = f"γ_u={split_gamma(unl)}"
+        else:
+            ul = "γ_u=unknown" if data.get("name") == "folder" else f"γ_u={_g(data.get('imb_ratio_u'))}"
+        return f"{lb}, {ul}"
+
     def describe(self) -> dict[str, str]:
         """Short facts for the runs table."""
         cfg = self.config
         data, train = cfg.get("data", {}) or {}, cfg.get("train", {}) or {}
         debias = (cfg.get("debias", {}) or {}).get("methods") or []
-        gammas = f"γ_l={_g(data.get('imb_ratio_l'))}, γ_u={_g(data.get('imb_ratio_u'))}"
+        gammas = self.gammas()
         if data.get("reverse_u"):
             gammas += " (reversed)"
         return {
@@ -81,6 +94,12 @@ class RunRecord:
             "machine": " ".join(str(self.meta.get("machine", "?")).split()),
             "git": str(self.meta.get("git_rev") or "?")[:8],
         }
+
+
+def split_gamma(counts: list[int]) -> str:
+    """max / min of per-class counts, as the split has it ("inf" when a class has none)."""
+    lo, hi = min(counts), max(counts)
+    return "inf" if lo <= 0 else f"{hi / lo:.3g}"
 
 
 def _g(value: Any) -> str:
@@ -119,6 +138,14 @@ def _class_names(path: Path, summary: dict[str, Any], config: dict[str, Any], n:
     if isinstance(known, (list, tuple)) and len(known) == n:
         return [str(c) for c in known]
     return [str(c) for c in range(n)]
+
+
+def class_names(run_dir: Path, n: int) -> list[str]:
+    """A run directory's class names (data.json, summary.json, its data set's known names, or indices)."""
+    summary = _read_json(run_dir / "summary.json")
+    config_path = run_dir / "config.yaml"
+    config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
+    return _class_names(run_dir, summary, config if isinstance(config, dict) else {}, n)
 
 
 def _labeled_counts(path: Path, meta: dict[str, Any], summary: dict[str, Any], n: int) -> list[int] | None:

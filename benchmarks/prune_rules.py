@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).parent))
 from prune_rules_rows import ROWS  # noqa: E402
 
@@ -50,7 +52,8 @@ def load_run(out: Path) -> dict[str, Any]:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     summary = json.loads((out / "summary.json").read_text())
     data = json.loads((out / "data.json").read_text())
-    return {"rows": rows, "final": summary.get("full_test", rows[-1]), "summary": summary, "data": data}
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    return {"rows": rows, "final": summary.get("full_test", rows[-1]), "summary": summary, "data": data, "cfg": cfg}
 
 
 def ms(values: list[float], scale: float = 100.0, nd: int = 1) -> str:
@@ -157,6 +160,14 @@ def main() -> int:
             | {"wall_s": r["summary"].get("wall_s")}
             for s, r in rs.items()
         }
+    lines += ["", "## Every seed (bACC raw / debiased, %)", "",
+              "| row | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for label, _, _ in rows_def:
+        rs = runs.get(label, {})
+        cells = [f"{100 * rs[s]['final']['bacc']:.1f}" + (f" / {100 * rs[s]['final']['bacc_debiased']:.1f}"
+                                                          if "bacc_debiased" in rs[s]["final"] else "")
+                 if s in rs else "–" for s in seeds]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     ref = runs.get(args.reference, {})
     if ref:
         lines += ["", f"## Paired differences against `{args.reference}` (row − reference, same seed)", "",
@@ -226,8 +237,9 @@ def main() -> int:
             tv_pp = statistics.fmean(tv(a, prior) for a in pis)
             tv_ps = statistics.fmean(tv(a, b) for a, b in zip(pis, pss, strict=True))
             tv_sp = statistics.fmean(tv(b, prior) for b in pss)
+            labeled = any(r["cfg"]["prune"]["labeled"] for r in runs[label].values())
             lines.append(f"| {label} | {fmt(pi, 3)} | {fmt(ps, 3)} | {tv_pp:.3f} | {tv_ps:.3f} | {tv_sp:.3f} | "
-                         f"{pi[0] / prior[0]:.2f} | {rc[0]:.3f} |")
+                         f"{pi[0] / prior[0]:.2f} | {f'{rc[0]:.3f}' if labeled else '– (no labeled pruning)'} |")
             record["rows"].setdefault(label, {})["pi_tracking"] = {
                 "pi_I_mean": pi, "pseudo_mean": ps, "r_c_mean": rc, "tv_pi_prior": tv_pp, "tv_pi_pseudo": tv_ps,
                 "tv_pseudo_prior": tv_sp}

@@ -206,7 +206,10 @@ def test_dytrim_presets_short_real_run(tmp_path, shared_data, preset) -> None:
     rows = _rows(out)
     p = rows[-1]["pruning"]
     assert {"r_c", "kept_lb_per_class", "kept_ulb", "rescaled_frac", "samples_fwd", "samples_bwd"} <= set(p)
-    assert len(p["r_c"]) == 10 and abs(sum(p["r_c"]) - 1) < 1e-4
+    assert len(p["pi_I"]) == 10 and abs(sum(p["pi_I"]) - 1) < 1e-4
+    cfg = load_config(preset).prune
+    assert (cfg.min_keep, cfg.max_prior_ratio) == (1, 1.0)  # our presets' rule (README DyTrim)
+    assert len(p["r_c"]) == 10 and min(p["kept_lb_per_class"]) >= 1
     assert "bacc_debiased" in rows[-1] and (out / "pruning.png").exists()
 
 
@@ -259,6 +262,19 @@ def _ratio_grid(n_cls: int) -> torch.Tensor:
     extremes = torch.eye(n_cls, dtype=torch.float64)
     rand = torch.rand(500, n_cls, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return torch.cat([grid, extremes, rand])
+
+
+OUR_DYTRIM_PRESETS = ["mnist-lt-dytrim", "cpu-cifar10lt-dytrim", "cpu-cifar10lt-dytrim-shrink",
+                      "cpu-cifar10lt-flexmatch-dytrim", "cpu-cifar10lt-freematch-dytrim",
+                      "cpu-cifar10lt-dytrim-abl-lb", "cpu-cifar10lt-dytrim-abl-norescale"]
+
+
+@pytest.mark.parametrize("preset", OUR_DYTRIM_PRESETS)
+def test_our_presets_rule_keeps_every_class_for_any_ratio(preset) -> None:
+    """The rule of our own presets keeps >= 1 labeled image of every class for any r_c in [0, 1]."""
+    p = load_config(preset).prune
+    for counts in (MNIST_LT, C10_LT, [1] * 10, [2, 1, 1]):
+        assert _min_kept(p, counts, _ratio_grid(len(counts))) >= 1, counts
 
 
 def test_reference_rule_erases_a_class_so_the_check_can_fail() -> None:

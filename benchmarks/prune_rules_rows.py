@@ -29,6 +29,8 @@ ROWS = {
         ("dytrim-floor1", "mnist-lt-dytrim", rule(min_keep=1)),
         ("dytrim-floor1-priorcap1", "mnist-lt-dytrim", rule(min_keep=1, max_prior_ratio=1.0)),
         ("dytrim-floor1-ema0.99", "mnist-lt-dytrim", rule(min_keep=1, ratio_ema=0.99)),
+        ("dytrim-floor1-priorcap1-ema0.99", "mnist-lt-dytrim", rule(min_keep=1, max_prior_ratio=1.0,
+                                                                    ratio_ema=0.99)),
         ("dytrim-no-labeled-pruning", "mnist-lt-dytrim", [*rule(), "prune.labeled=false"]),
         ("dytrim-lb-only-reference", "mnist-lt-dytrim", [*rule(), "prune.unlabeled=false"]),
         ("dytrim-lb-only-floor1-priorcap1", "mnist-lt-dytrim", [*rule(min_keep=1, max_prior_ratio=1.0),

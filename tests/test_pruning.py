@@ -16,7 +16,7 @@ from dytrim.cli import main
 from dytrim.config import ConfigError, load_config
 from dytrim.debias.dytrim import DyTrim
 from dytrim.engine.loop import Trainer
-from dytrim.pruning import PrunedSampler, keep_labeled, soft_prune
+from dytrim.pruning import PrunedSampler, capped_ratio, keep_count, keep_labeled, soft_prune
 
 
 def _rows(run) -> list[dict]:
@@ -206,7 +206,10 @@ def test_dytrim_presets_short_real_run(tmp_path, shared_data, preset) -> None:
     rows = _rows(out)
     p = rows[-1]["pruning"]
     assert {"r_c", "kept_lb_per_class", "kept_ulb", "rescaled_frac", "samples_fwd", "samples_bwd"} <= set(p)
-    assert len(p["r_c"]) == 10 and abs(sum(p["r_c"]) - 1) < 1e-4
+    assert len(p["pi_I"]) == 10 and abs(sum(p["pi_I"]) - 1) < 1e-4
+    cfg = load_config(preset).prune
+    assert (cfg.min_keep, cfg.max_prior_ratio) == (1, 1.0)  # our presets' rule (README DyTrim)
+    assert len(p["r_c"]) == 10 and min(p["kept_lb_per_class"]) >= 1
     assert "bacc_debiased" in rows[-1] and (out / "pruning.png").exists()
 
 
@@ -217,3 +220,109 @@ def test_paper_dytrim_presets_resolve(preset) -> None:
     assert cfg.debias.methods == ["cdmad", "dytrim"] and cfg.debias.baseline == "zeros"
     assert (cfg.prune.keep_rate, cfg.prune.anneal, cfg.prune.tau, cfg.prune.budget) == (0.3, 0.875, 0.0, "fixed")
     assert cfg.train.steps == 250_000 and cfg.debias.start == 50_500 and cfg.model.name == "wrn_28_2"
+
+
+# ---------------------------------------------------------------- issue 17: rules that never erase a class
+MNIST_LT = [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]  # mnist-lt labeled counts (N1 100, gamma 100)
+C10_LT = [1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
+
+
+def test_keep_count_reference_floor_round_and_min_keep() -> None:
+    assert keep_count(1, 0.004) == 0  # the reference erases a 1-image class for any r_c > 0
+    assert keep_count(1, 0.0) == 1 and keep_count(15, 0.004) == 14 and keep_count(100, 0.885) == 11
+    assert keep_count(1, 0.004, rounding="round") == 1 and keep_count(1, 0.6, rounding="round") == 0
+    assert keep_count(10, 0.75, rounding="round") == 3 and keep_count(10, 0.75) == 2  # 2.5: halves up
+    assert keep_count(1, 1.0, min_keep=1) == 1 and keep_count(3, 1.0, min_keep=5) == 3  # at most N_c
+    assert keep_count(0, 0.5, min_keep=1) == 0
+
+
+def test_capped_ratio() -> None:
+    prior = torch.tensor([0.41, 0.25, 0.004], dtype=torch.float64)
+    pi = torch.tensor([0.88, 0.1, 0.02], dtype=torch.float64)
+    assert torch.equal(capped_ratio(pi, prior), pi)  # reference: r_c = pi_theta(I)_c
+    assert torch.allclose(capped_ratio(pi, prior, max_prior_ratio=1.0), torch.tensor([0.41, 0.1, 0.004]).double())
+    assert torch.allclose(capped_ratio(pi, prior, max_ratio=0.5), torch.tensor([0.5, 0.1, 0.02]).double())
+
+
+def _min_kept(prune_cfg, counts: list[int], ratios: torch.Tensor) -> int:
+    """Fewest labeled images any class keeps under the configured rule, over rows of r_c (each [C])."""
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    worst = min(counts)
+    for r in ratios:
+        r = capped_ratio(r, prior, prune_cfg.max_ratio, prune_cfg.max_prior_ratio)
+        kept = keep_labeled(torch.rand(len(labels)), labels, r, prune_cfg.min_keep, prune_cfg.rounding)
+        worst = min(worst, int(torch.bincount(labels[kept], minlength=len(counts)).min()))
+    return worst
+
+
+def _ratio_grid(n_cls: int) -> torch.Tensor:
+    """r_c over [0, 1]: every class at each of 0, 0.001, ..., 1 (all equal), one-hot extremes, random rows."""
+    grid = torch.linspace(0, 1, 1001, dtype=torch.float64)[:, None].repeat(1, n_cls)
+    extremes = torch.eye(n_cls, dtype=torch.float64)
+    rand = torch.rand(500, n_cls, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return torch.cat([grid, extremes, rand])
+
+
+OUR_DYTRIM_PRESETS = ["mnist-lt-dytrim", "cpu-cifar10lt-dytrim", "cpu-cifar10lt-dytrim-shrink",
+                      "cpu-cifar10lt-flexmatch-dytrim", "cpu-cifar10lt-freematch-dytrim",
+                      "cpu-cifar10lt-dytrim-abl-lb", "cpu-cifar10lt-dytrim-abl-norescale"]
+
+
+@pytest.mark.parametrize("preset", OUR_DYTRIM_PRESETS)
+def test_our_presets_rule_keeps_every_class_for_any_ratio(preset) -> None:
+    """The rule of our own presets keeps >= 1 labeled image of every class for any r_c in [0, 1]."""
+    p = load_config(preset).prune
+    for counts in (MNIST_LT, C10_LT, [1] * 10, [2, 1, 1]):
+        assert _min_kept(p, counts, _ratio_grid(len(counts))) >= 1, counts
+
+
+def test_reference_rule_erases_a_class_so_the_check_can_fail() -> None:
+    p = load_config("paper-cifar10lt-g100-dytrim").prune
+    assert (p.min_keep, p.rounding, p.max_ratio, p.max_prior_ratio, p.ratio_ema) == (0, "floor", 1.0, 0.0, 0.0)
+    assert _min_kept(p, MNIST_LT, _ratio_grid(10)) == 0
+    assert _min_kept(p, C10_LT, _ratio_grid(10)) == 0  # r_c > 14/15 erases the CIFAR-10-LT tail too
+
+
+@pytest.mark.parametrize("preset", ["paper-cifar10lt-g50-dytrim", "paper-cifar10lt-g100-dytrim",
+                                    "paper-cifar10lt-g150-dytrim", "paper-cifar100lt-dytrim", "paper-stl10lt-dytrim"])
+def test_paper_presets_keep_the_reference_rule(preset) -> None:
+    p = load_config(preset).prune
+    assert (p.min_keep, p.rounding, p.max_ratio, p.max_prior_ratio, p.ratio_ema) == (0, "floor", 1.0, 0.0, 0.0)
+
+
+def test_erasure_warning_names_the_key() -> None:
+    cfg = load_config("mnist-lt-dytrim", ["prune.min_keep=0", "prune.max_prior_ratio=0", "prune.ratio_ema=0"])
+    with pytest.warns(UserWarning, match=r"class 8: N_c = 1, class 9: N_c = 1.*prune\.min_keep=1"):
+        DyTrim(cfg, MNIST_LT)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DyTrim(load_config("mnist-lt-dytrim", ["prune.min_keep=1"]), MNIST_LT)  # the floor: no warning
+        DyTrim(load_config("paper-cifar10lt-g100-dytrim"), C10_LT)  # 15 images: int(15·(1 - 0.40)) = 9
+        DyTrim(load_config("mnist-lt-dytrim", ["prune.min_keep=0", "prune.labeled=false"]), MNIST_LT)
+
+
+@pytest.mark.parametrize(("key", "value"), [("prune.rounding", "ceil"), ("prune.max_ratio", "1.5"),
+                                            ("prune.max_prior_ratio", "-1"), ("prune.ratio_ema", "1.0")])
+def test_rule_keys_validated(key, value) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("mnist-lt-dytrim", [f"{key}={value}"])
+
+
+def test_rule_options_in_training_and_logged_fields(tmp_path) -> None:
+    """EMA of pi(I), prior cap and floor in a short run: r_c obeys the cap, every class keeps an image, and
+    each evaluation logs pi_I, pi_I_ema and the masked pseudo-label class shares."""
+    t = _trainer(tmp_path, "train.steps=80", "debias.start=5", "prune.min_keep=1", "prune.max_prior_ratio=1.0",
+                 "prune.ratio_ema=0.9", "prune.anneal=1.0")
+    dy = next(c for c in t.components if isinstance(c, DyTrim))
+    for _ in range(60):
+        t.train_step()
+    assert t.lb_sampler.passes >= 2
+    assert bool((dy.prune_ratio <= dy.lb_prior + 1e-12).all())
+    assert int(torch.bincount(dy.lb_labels[t.lb_sampler.kept], minlength=10).min()) >= 1
+    p = t.evaluate()["pruning"]
+    assert len(p["pi_I"]) == 10 and abs(sum(p["pi_I"]) - 1) < 1e-4 and abs(sum(p["pi_I_ema"]) - 1) < 1e-4
+    assert abs(sum(p["pseudo_dist"]) - 1) < 1e-4 and p["pseudo_n"] > 0
+    assert "pseudo_dist" not in t.evaluate()["pruning"]  # reset at each evaluation: no steps in between

@@ -108,7 +108,14 @@ class PruneConfig:
     labeled: bool = True  # class-aware hard pruning of labeled data (prune ratio r_c = pi_theta(I)_c)
     unlabeled: bool = True  # confidence-gated soft pruning of unlabeled data (InfoBatch-style)
     rescale: bool = True  # weight 1/keep_rate on randomly kept low-score unlabeled samples
-    min_keep: int = 0  # labeled images kept per class at least (reference 0: a 1-image class can vanish)
+    min_keep: int = 0  # labeled images kept per class at least (reference 0: a 1-image class can vanish;
+    #   our cpu-*/mnist-* presets use 1, see README "DyTrim")
+    rounding: str = "floor"  # kept count of class c: floor = int((1 - r_c)·N_c) (reference) | round = nearest
+    max_ratio: float = 1.0  # cap on the prune ratio: r_c <= max_ratio (reference 1 = no cap)
+    max_prior_ratio: float = 0.0  # cap on r_c relative to the labeled prior: r_c <= max_prior_ratio·prior_c
+    #   (reference 0 = no cap; 1 = never prune a class harder than its labeled frequency)
+    ratio_ema: float = 0.0  # r_c from an EMA of pi_theta(I) with this per-step decay, started from the labeled
+    #   prior at debias.start (reference 0 = the latest pi_theta(I))
     keep_rate: float = 0.3  # r: keep probability of low-score, confident unlabeled samples (reference 0.3)
     anneal: float = 0.875  # delta: after this fraction of train.steps use the full data with unit weights
     tau: float = 0.0  # debiased-confidence gate: only samples with max softmax(z(u) - z(I)) >= tau are soft-pruned
@@ -197,6 +204,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.score": ("loss", "entropy"),
     "prune.cadence": ("pass", "epoch"),
     "prune.budget": ("fixed", "shrink"),
+    "prune.rounding": ("floor", "round"),
 }
 
 
@@ -506,6 +514,9 @@ def validate(cfg: RunConfig) -> None:
     _check(0 <= pr.anneal <= 1, "prune.anneal", f"must be in [0, 1] (fraction of train.steps); got {pr.anneal}")
     _check(0 <= pr.tau <= 1, "prune.tau", f"must be in [0, 1]; got {pr.tau}")
     _check(pr.min_keep >= 0, "prune.min_keep", f"must be >= 0; got {pr.min_keep}")
+    _check(0 <= pr.max_ratio <= 1, "prune.max_ratio", f"must be in [0, 1] (1 = no cap); got {pr.max_ratio}")
+    _check(pr.max_prior_ratio >= 0, "prune.max_prior_ratio", f"must be >= 0 (0 = no cap); got {pr.max_prior_ratio}")
+    _check(0 <= pr.ratio_ema < 1, "prune.ratio_ema", f"must be in [0, 1) (0 = latest pi(I)); got {pr.ratio_ema}")
     _check(pr.epoch_steps >= 1, "prune.epoch_steps", f"must be >= 1; got {pr.epoch_steps}")
     _check(a.pad >= 0 and a.cutout >= 0 and a.n_ops >= 0, "aug", "pad, cutout and n_ops must be >= 0")
     _check(0 <= a.magnitude <= 30, "aug.magnitude", f"must be in [0, 30]; got {a.magnitude}")

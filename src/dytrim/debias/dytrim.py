@@ -6,7 +6,13 @@ time a sampler's kept list runs out (the reference cadence; or every `prune.epoc
 first pass is always the full set), a new list is chosen by `dytrim.pruning.select`: labeled data
 class-aware with prune ratio r_c = π_θ(I)_c (the labeled class frequency before `debias.start`),
 unlabeled data softly with keep rate r and weight 1/r. After `prune.anneal` of training: full data,
-unit weights. Listed with `cdmad` (the reference recipe) it reuses CDMAD's per-step z(I); alone it
+unit weights. Options beside the reference rule (issue 17; defaults = reference): a per-class floor
+`prune.min_keep`, `prune.rounding=round`, caps `prune.max_ratio` / `prune.max_prior_ratio`, and r_c from an
+EMA of pi_theta(I) (`prune.ratio_ema`). A warning at start-up names `prune.min_keep` when the configured rule
+would delete a class's last labeled image for a plausible r_c (up to the largest labeled class share).
+Logged at each evaluation under `pruning`: r_c of the latest selection, pi_theta(I) of the training-mode
+student now (`pi_I`), and the class shares of the masked pseudo-labels since the previous evaluation
+(`pseudo_dist`). Listed with `cdmad` (the reference recipe) it reuses CDMAD's per-step z(I); alone it
 computes z(I) itself.
 
 Differences from the reference code, on purpose: its loaders are re-created at every 500-iteration epoch,
@@ -16,6 +22,7 @@ annealing test uses the epoch count, here the step clock (step >= delta * train.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,7 @@ from dytrim.engine.hooks import Batch, Component, StepOutput
 from dytrim.engine.indexing import put_last
 from dytrim.engine.rng import set_generator_state
 from dytrim.pruning.sampler import PrunedSampler
-from dytrim.pruning.select import keep_labeled, soft_prune
+from dytrim.pruning.select import capped_ratio, keep_count, keep_labeled, soft_prune
 
 
 @COMPONENTS.register("dytrim")
@@ -44,6 +51,11 @@ class DyTrim(Component):
         self.baseline_kind = cfg.debias.baseline
         counts = torch.tensor(lb_counts, dtype=torch.float64)
         self.lb_prior = counts / counts.sum()
+        self.lb_counts = [int(n) for n in lb_counts]
+        self.pi_ema: torch.Tensor | None = None  # EMA of pi_theta(I) (prune.ratio_ema > 0), from debias.start
+        self.pseudo_hist = torch.zeros(len(lb_counts), dtype=torch.float64)  # masked pseudo-labels since last eval
+        if self.p.labeled:
+            self._warn_erasure()
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 5)  # soft pruning's random keeps
         self.step = 0
         self.own_z_I: torch.Tensor | None = None
@@ -51,6 +63,24 @@ class DyTrim(Component):
         self.lb_sampler: PrunedSampler | None = None
         self.ulb_sampler: PrunedSampler | None = None
         self.epoch = 0
+
+    def _warn_erasure(self) -> None:
+        """Warn when the configured rule keeps no labeled image of some class for a plausible r_c, taken as
+        any value up to the largest labeled class share (pi_theta(I) near the labeled prior or the pseudo-label
+        distribution of a head-heavy split reaches it), after the configured caps."""
+        r_hi = torch.full_like(self.lb_prior, float(self.lb_prior.max()))
+        r_eff = capped_ratio(r_hi, self.lb_prior, self.p.max_ratio, self.p.max_prior_ratio)
+        lost = [c for c, n in enumerate(self.lb_counts)
+                if n > 0 and keep_count(n, float(r_eff[c]), self.p.min_keep, self.p.rounding) == 0]
+        if lost:
+            ns = ", ".join(f"class {c}: N_c = {self.lb_counts[c]}" for c in lost)
+            warnings.warn(
+                f"the labeled pruning rule (prune.min_keep={self.p.min_keep}, prune.rounding="
+                f"{self.p.rounding}) deletes every labeled image of {len(lost)} class(es) for some r_c in "
+                f"[0, {float(r_hi[0]):.3f}], the largest labeled class share ({ns}; N_c·(1 − r_c) < 1). Set "
+                f"prune.min_keep=1 to keep at least one labeled image per class.",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ wiring
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> PrunedSampler:
@@ -82,19 +112,26 @@ class DyTrim(Component):
     def z_I(self) -> torch.Tensor | None:
         return self.cdmad.z_I if self.cdmad is not None else self.own_z_I
 
-    def current_prune_ratio(self) -> torch.Tensor:
-        """r_c: softmax(z(I)) of the training-mode network after the debias start, labeled frequency before."""
+    def current_pi(self) -> torch.Tensor:
+        """pi_theta(I) as the rule reads it: softmax(z(I)) of the training-mode network after the debias start
+        (its EMA with prune.ratio_ema > 0), the labeled frequency before."""
         z = self.z_I()
         if self.step >= self.start and z is not None:
+            if self.p.ratio_ema > 0 and self.pi_ema is not None:
+                return self.pi_ema.clone()
             return torch.softmax(z.double(), dim=-1).cpu()
         return self.lb_prior.clone()
+
+    def current_prune_ratio(self) -> torch.Tensor:
+        """r_c: pi_theta(I)_c (reference), capped by prune.max_ratio / prune.max_prior_ratio when set."""
+        return capped_ratio(self.current_pi(), self.lb_prior, self.p.max_ratio, self.p.max_prior_ratio)
 
     def _select_labeled(self) -> torch.Tensor:
         first = self.lb_sampler is None or self.lb_sampler.passes == 0  # reference: the first pass is unpruned
         if first or self.annealing() or not self.p.labeled:
             return torch.arange(self.n_lb)
         self.prune_ratio = self.current_prune_ratio()
-        kept = keep_labeled(self.score_lb, self.lb_labels, self.prune_ratio, self.p.min_keep)
+        kept = keep_labeled(self.score_lb, self.lb_labels, self.prune_ratio, self.p.min_keep, self.p.rounding)
         return kept if len(kept) else torch.arange(self.n_lb)
 
     def _select_unlabeled(self) -> torch.Tensor:
@@ -111,6 +148,11 @@ class DyTrim(Component):
         if self.cdmad is None:
             with torch.no_grad():  # training-mode network, as CDMAD/DyTrim take z(I) every step
                 self.own_z_I = self.trainer.model(self.image)[0].float()
+        z = self.z_I()
+        if self.p.ratio_ema > 0 and step >= self.start and z is not None:
+            pi = torch.softmax(z.double(), dim=-1).cpu()
+            prev = self.lb_prior if self.pi_ema is None else self.pi_ema
+            self.pi_ema = self.p.ratio_ema * prev + (1.0 - self.p.ratio_ema) * pi
         if self.p.cadence == "epoch" and step // self.p.epoch_steps != self.epoch:
             self.epoch = step // self.p.epoch_steps
             for s in (self.lb_sampler, self.ulb_sampler):
@@ -123,6 +165,10 @@ class DyTrim(Component):
 
     def observe(self, batch: Batch, out: StepOutput, step: int) -> None:
         put_last(self.score_lb, batch.lb_pos, out.loss_lb.float())
+        if out.targets is not None and out.mask is not None:  # class shares of the pseudo-labels that train
+            hard = torch.nn.functional.one_hot(out.targets.detach().argmax(-1), self.num_classes).double()
+            self.pseudo_hist = self.pseudo_hist.to(hard.device)  # on the device: no host read per step
+            self.pseudo_hist += (hard * out.mask.detach().double()[:, None]).sum(0)
         if out.loss_ulb is None or out.logits_ulb_w is None or batch.ulb_pos is None:
             return
         logits = out.logits_ulb_w.float()
@@ -150,6 +196,7 @@ class DyTrim(Component):
         kept_lb = torch.bincount(self.lb_labels[lb_kept], minlength=self.num_classes)
         info: dict[str, Any] = {
             "r_c": [round(float(v), 6) for v in self.prune_ratio],
+            "pi_I": [round(float(v), 6) for v in self._pi_now()],
             "kept_lb_per_class": [int(v) for v in kept_lb],
             "kept_lb": int(kept_lb.sum()),
             "annealed": self.annealing(),
@@ -167,7 +214,19 @@ class DyTrim(Component):
                 "passes_ulb": self.ulb_sampler.passes,
                 "score_ulb_mean": round(float(self.score_ulb.mean()), 6),
             }
+        if self.pi_ema is not None:
+            info["pi_I_ema"] = [round(float(v), 6) for v in self.pi_ema]
+        total = float(self.pseudo_hist.sum())
+        if total > 0:
+            info["pseudo_dist"] = [round(float(v) / total, 6) for v in self.pseudo_hist]
+            info["pseudo_n"] = round(total, 3)
+        self.pseudo_hist.zero_()
         return {"pruning": info}
+
+    def _pi_now(self) -> torch.Tensor:
+        """softmax(z(I)) of the training-mode student at its latest step (the labeled prior before any step)."""
+        z = self.z_I()
+        return torch.softmax(z.double(), dim=-1).cpu() if z is not None else self.lb_prior.clone()
 
     def on_finish(self, out_dir: Path, rows: list[dict[str, Any]]) -> None:
         from dytrim.pruning.plots import plot_pruning
@@ -180,7 +239,7 @@ class DyTrim(Component):
             "score_lb": self.score_lb.clone(), "score_ulb": self.score_ulb.clone(),
             "conf_ulb": self.conf_ulb.clone(), "w_ulb": self.w_ulb.clone(),
             "gen": self.gen.get_state(), "prune_ratio": self.prune_ratio.clone(), "epoch": self.epoch,
-            "own_z_I": self.own_z_I,
+            "own_z_I": self.own_z_I, "pi_ema": self.pi_ema, "pseudo_hist": self.pseudo_hist.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -192,3 +251,6 @@ class DyTrim(Component):
         self.prune_ratio = state["prune_ratio"].clone()
         self.epoch = int(state["epoch"])
         self.own_z_I = state["own_z_I"]
+        self.pi_ema = state.get("pi_ema")
+        if "pseudo_hist" in state:
+            self.pseudo_hist = state["pseudo_hist"].clone()

@@ -8,6 +8,6 @@ The DyTrim component that wires them into the training loop is `dytrim.debias.dy
 """
 
 from dytrim.pruning.sampler import PrunedSampler
-from dytrim.pruning.select import keep_labeled, soft_prune
+from dytrim.pruning.select import capped_ratio, keep_count, keep_labeled, soft_prune
 
-__all__ = ["PrunedSampler", "keep_labeled", "soft_prune"]
+__all__ = ["PrunedSampler", "capped_ratio", "keep_count", "keep_labeled", "soft_prune"]

@@ -11,11 +11,35 @@ from __future__ import annotations
 import torch
 
 
-def keep_labeled(
-    scores: torch.Tensor, labels: torch.Tensor, prune_ratio: torch.Tensor, min_keep: int = 0
+def keep_count(n: int, r: float, min_keep: int = 0, rounding: str = "floor") -> int:
+    """Labeled images kept of a class with N_c = n at prune ratio r: int((1 - r)·n) (reference, `floor`) or
+    round((1 - r)·n) (`round`, halves up), then at least min(min_keep, n)."""
+    x = (1.0 - r) * n
+    k = int(x) if rounding == "floor" else int(x + 0.5)
+    return min(n, max(k, min(min_keep, n)))
+
+
+def capped_ratio(
+    pi: torch.Tensor, prior: torch.Tensor, max_ratio: float = 1.0, max_prior_ratio: float = 0.0
 ) -> torch.Tensor:
-    """Positions kept by class-aware hard pruning: per class c, the int((1 - r_c)·N_c) highest scores
-    (at least min(min_keep, N_c); the reference uses 0, which drops a 1-image class entirely).
+    """The prune ratio r_c from pi_theta(I)_c: clamped to [0, max_ratio] and, if max_prior_ratio > 0, to at most
+    max_prior_ratio·prior_c (reference: max_ratio 1, max_prior_ratio 0, i.e. r_c = pi_theta(I)_c)."""
+    r = pi.detach().double().cpu().clamp(0.0, max_ratio)
+    if max_prior_ratio > 0:
+        r = torch.minimum(r, max_prior_ratio * prior.detach().double().cpu())
+    return r
+
+
+def keep_labeled(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    prune_ratio: torch.Tensor,
+    min_keep: int = 0,
+    rounding: str = "floor",
+) -> torch.Tensor:
+    """Positions kept by class-aware hard pruning: per class c, the `keep_count(N_c, r_c)` highest scores,
+    i.e. int((1 - r_c)·N_c) as the reference (which drops a 1-image class entirely for any r_c > 0), or
+    rounded, and at least min(min_keep, N_c).
 
     `scores` [N] latest supervised losses, `labels` [N] class ids, `prune_ratio` [C] r_c in [0, 1].
     Ties are broken by position (stable sort), so the choice is deterministic. Returns sorted positions.
@@ -25,7 +49,7 @@ def keep_labeled(
     kept = []
     for c in range(len(r)):
         pos = torch.nonzero(labels == c).flatten()
-        n_keep = max(int((1.0 - float(r[c])) * len(pos)), min(min_keep, len(pos)))
+        n_keep = keep_count(len(pos), float(r[c]), min_keep, rounding)
         if n_keep > 0:
             order = torch.sort(scores[pos], descending=True, stable=True).indices
             kept.append(pos[order[:n_keep]])

@@ -196,3 +196,13 @@ def test_split_without_labeled_images_for_a_class_is_refused(tmp_path, capsys) -
 
     cfg = load_config("mnist-lt-fixmatch", ["data.n1=50", "data.allow_empty_classes=true"])
     assert load_data(cfg.data, 0).split.lb_counts[-2:] == [0, 0]
+
+
+def test_a_closed_pipe_is_not_an_error() -> None:
+    """`dytrim presets --keys | head -1`: the reader stopping early is normal use, exit 0 and nothing on stderr."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m dytrim presets --keys | head -1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("seed (int") and res.stderr == "", res.stderr

@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dytrim: error: {exc}", file=sys.stderr)
         return EXIT_USER
+    except BrokenPipeError:  # e.g. `dytrim presets | head`: the reader stopped early, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:  # a path the user gave is wrong
         if debug:
             raise

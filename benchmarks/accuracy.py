@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+from results_file import write_results
 
 
 def run_one(preset: str, seed: int, out: Path, data_root: str, extra: list[str]) -> dict[str, Any]:
@@ -116,12 +116,7 @@ def main() -> int:
         f"{1000 * (r['train_s'] or 0) / (r.get('updates') or r['steps']):.1f} | {r['wall_s']:.0f} | `{r['dir']}` |"
         for r in records
     ]
-    if args.notes:
-        lines += ["", args.notes.read_text().strip()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"accuracy-{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"accuracy-{args.name}.json").write_text(json.dumps(records, indent=1) + "\n")
-    print("\n".join(lines))
+    write_results(f"accuracy-{args.name}", lines, records, args.notes)
     return 0
 
 

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from results_file import RESULTS, write_results
 
 sys.path.insert(0, str(Path(__file__).parent))
 from prune_rules_rows import ROWS  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_model() -> str:
@@ -266,12 +265,7 @@ def main() -> int:
         rs = runs.get(label, {})
         lines.append(f"| {label} | " + " | ".join(f"{rs[s]['summary'].get('wall_s', 0):.0f}" if s in rs else "–"
                                                  for s in seeds) + " |")
-    if args.notes:
-        lines += ["", args.notes.read_text().strip()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"prune-rules-{args.protocol}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"prune-rules-{args.protocol}.json").write_text(json.dumps(record, indent=1) + "\n")
-    print("\n".join(lines))
+    write_results(f"prune-rules-{args.protocol}", lines, record, args.notes)
     return 0
 
 

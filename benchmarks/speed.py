@@ -266,20 +266,13 @@ def run_usb(args: argparse.Namespace, npz: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
-    """CPU model, cores, torch build facts and the load average (a loaded machine makes numbers meaningless)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """CPU model and flags, cores, torch build facts and the load average (a loaded machine makes numbers
+    meaningless)."""
     from dytrim.engine.accel import cpu_facts, cpu_has_bf16
 
-    return {"cpu": cpu, "cpu_flags": cpu_facts()["cpu_flags"], "bf16_hardware": cpu_has_bf16(),
-            "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "mkldnn": torch.backends.mkldnn.is_available(), "load": os.getloadavg()}
+    return {**cpu_facts(), "bf16_hardware": cpu_has_bf16(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "mkldnn": torch.backends.mkldnn.is_available(),
+            "load": os.getloadavg()}
 
 
 def _g(x: float) -> str:

@@ -21,7 +21,7 @@ from dytrim.config import (
     load_config,
 )
 from dytrim.data.readers import DataError
-from dytrim.engine.checkpoint import CheckpointError, WriteFailure
+from dytrim.engine.checkpoint import CheckpointError, WriteFailure, check_writable_dir
 from dytrim.resume import resume_config, run_traces
 
 #: Exit codes: 0 done; 1 a bug in dytrim (a traceback, please report it); 2 a user error (config, data,
@@ -78,16 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_writable(out: Path, what: str = "--out") -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_probe.{os.getpid()}"  # per process: torchrun ranks probe at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot write to '{out}' ({exc.strerror}); choose a writable directory") from exc
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from dytrim.datacard import annotate_summary, write_card
     from dytrim.engine.loop import Trainer, TrainingDiverged
@@ -114,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "or pick a new --out"
             )
     fresh = not out.exists()
-    _check_writable(out, "--resume" if args.resume else "--out")
+    check_writable_dir(out, "--resume" if args.resume else "--out")
     try:
         trainer = Trainer(cfg, out, resume=bool(args.resume))
         restored = trainer.restore() if args.resume else None  # checks, then loads; nothing written yet

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,16 +116,11 @@ def _write_csv(sink: Any, fields: list[str], rows: list[dict[str, Any]]) -> None
 
 
 def _check_output_file(path: Path, what: str) -> None:
-    """Create the folder of an output file and make sure a file can be written there, before any work."""
+    """An output file's folder exists and takes files, and the path is not a folder: checked before any work."""
     from dytrim.config import ConfigError
+    from dytrim.engine.checkpoint import check_writable_dir
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot write '{path}' ({exc.strerror or exc}); choose a writable path") from exc
+    check_writable_dir(path.parent, what)
     if path.is_dir():
         raise ConfigError(f"{what}: '{path}' is a folder; give a file name")
 

@@ -10,6 +10,7 @@ from dytrim.config import (
     ConfigError,
     RunConfig,
     all_keys,
+    apply_mapping,
     config_from_dict,
     get_key,
     parse_override,
@@ -54,7 +55,7 @@ def _flat(cfg: RunConfig) -> dict[str, Any]:
     return {k: get_key(cfg, k) for k in all_keys(cfg)}
 
 
-def _refuse(key: str, old: Any, new: Any, run_dir: Path) -> ConfigError:
+def _refuse(key: str, old: Any, new: Any) -> ConfigError:
     allowed = ", ".join(RESUMABLE)
     return ConfigError(
         f"--resume: {key} would change from {old!r} to {new!r}, which changes what is trained; a run directory holds "
@@ -73,7 +74,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     after = _flat(cfg)
     for key, old in before.items():
         if after[key] != old and key not in RESUMABLE:
-            raise _refuse(key, old, after[key], run_dir)
+            raise _refuse(key, old, after[key])
     validate(cfg)
     return cfg
 
@@ -82,8 +83,6 @@ def check_checkpoint_config(cfg: RunConfig, saved: dict[str, Any], checkpoint: s
     """The checkpoint must come from this experiment: every key outside RESUMABLE equals config.yaml's."""
     stored = RunConfig()
     try:
-        from dytrim.config import apply_mapping
-
         apply_mapping(stored, saved)
     except ConfigError as exc:
         raise ConfigError(f"--resume: {checkpoint} holds a config this dytrim does not read ({exc}); start a "

@@ -84,6 +84,7 @@ def _finish(out: Path, summary: dict[str, Any]) -> int:
 def run(args: argparse.Namespace) -> int:
     """Dispatch one `dytrim dynamics` sub-command."""
     from dytrim.dynamics import plots, recipes
+    from dytrim.report.runs import class_names  # a run's own class names (data.json first)
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         return _finish(out, {"rows": r["rows"], "k_positive": r["k_positive"], "k_other": r["k_other"]})
     if name == "prior":
         r = recipes.prior_recipe(args.run)
-        classes = [_classes_of(run, len(c.lb_prior)) for run, c in zip(args.run, r["curves"], strict=True)]
+        classes = [class_names(Path(run), len(c.lb_prior)) for run, c in zip(args.run, r["curves"], strict=True)]
         for c, names in zip(r["curves"], classes, strict=True):
             lb = c.lb_prior
             r["summary"][c.name] |= {"classes": names, "labeled_gamma": round(float(lb.max() / lb.min()), 4)}
@@ -128,10 +129,3 @@ def run(args: argparse.Namespace) -> int:
     r = mnist_figure_numbers(args.batches, args.warmup, seed=args.seed)
     plots.plot_mnist_figure(r["lt"], r["bal"], out)
     return _finish(out, r["summary"])
-
-
-def _classes_of(run_dir: str, n: int) -> list[str]:
-    """Class names of a run, from its own files (data.json, summary.json), else its data set's, else indices."""
-    from dytrim.report.runs import class_names
-
-    return class_names(Path(run_dir), n)

@@ -82,6 +82,21 @@ def _umask() -> int:
     return mask
 
 
+def check_writable_dir(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove a file can be written in it (a temp file made and removed), so a
+    command fails before its work, not after. Raises ConfigError naming `what` (the option) and the folder."""
+    from dytrim.config import ConfigError
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_probe.", suffix=".tmp")  # per process: ranks at once
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot write to '{folder}' ({exc.strerror or exc}); choose a writable "
+                          "directory") from exc
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 

@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +83,8 @@ def run_tests(smoke: bool, timeout: int) -> dict[str, Any]:
 def time_row(name: str, preset: str, overrides: tuple[str, ...], root: Path, device: torch.device,
              steps: int, repeats: int, warmup: int, smoke: bool) -> dict[str, Any]:
     """(b) Median seconds per full training step (sampling, augmentation, forward, backward, optimiser, EMA)."""
+    from speed import time_steps
+
     from dytrim.config import load_config
     from dytrim.engine.loop import Trainer
 
@@ -97,16 +98,9 @@ def time_row(name: str, preset: str, overrides: tuple[str, ...], root: Path, dev
             trainer.train_step()
         _sync(device)
         warm_s = time.perf_counter() - t0
-        runs = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                trainer.train_step()
-            _sync(device)
-            runs.append((time.perf_counter() - t0) / steps)
+        timing = time_steps(trainer.train_step, steps, repeats, sync=lambda: _sync(device))
         fell_back = getattr(trainer.forward_fn, "fn", "n/a") is None
-    s = statistics.median(runs)
+    s, runs = timing.s_per_step, timing.runs
     n_img = cfg.train.batch_size * (1 + cfg.train.uratio)
     return {"name": name, "preset": preset, "overrides": list(overrides) + extra, "ms_per_step": round(1000 * s, 2),
             "images_per_s": round(n_img / s, 1), "runs_ms": [round(1000 * r, 2) for r in runs],

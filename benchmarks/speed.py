@@ -118,13 +118,17 @@ def write_synthetic(folder: Path, seed: int) -> Path:
     return path
 
 
-def time_steps(step: Callable[[], object], steps: int, repeats: int) -> Timing:
-    """Median over `repeats` runs of the mean time of `steps` consecutive calls."""
+def time_steps(step: Callable[[], object], steps: int, repeats: int,
+               sync: Callable[[], object] = lambda: None) -> Timing:
+    """Median over `repeats` runs of the mean time of `steps` consecutive calls; `sync` waits for queued device
+    work before each clock read (torch.cuda.synchronize on a GPU, nothing on a CPU)."""
     runs = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
+        sync()
         runs.append((time.perf_counter() - t0) / steps)
     return Timing(statistics.median(runs), runs)
 

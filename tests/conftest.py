@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# train.precision=auto picks bf16 on CPUs with AMX / AVX512-BF16: pin the detection so that the suite computes the
+# same numbers on every CPU (and in the CLI subprocesses it starts); bf16 is tested where a test asks for it.
+os.environ["DYTRIM_CPU_BF16"] = "0"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -109,8 +109,24 @@ def test_precision_auto_follows_the_hardware() -> None:
     cpu = torch.device("cpu")
     assert accel.resolve_precision("auto", cpu) == ("bf16" if accel.cpu_has_bf16() else "fp32")
     assert accel.resolve_precision("bf16", cpu) == "bf16" and accel.resolve_precision("fp32", cpu) == "fp32"
-    assert not accel.resolve_compile("auto", 800) and accel.resolve_compile("auto", 15000)
-    assert accel.resolve_compile("on", 1) and not accel.resolve_compile("off", 10**6)
+    cuda = torch.device("cuda")
+    assert not accel.resolve_compile("auto", 800, cuda, "bf16") and accel.resolve_compile("auto", 15000, cuda, "fp32")
+    assert accel.resolve_compile("auto", 15000, cpu, "bf16")
+    assert not accel.resolve_compile("auto", 15000, cpu, "fp32")  # fp32 on the CPU: compiling did not pay
+    assert accel.resolve_compile("on", 1, cpu, "fp32") and not accel.resolve_compile("off", 10**6, cuda, "bf16")
+
+
+def test_cpu_bf16_detection_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("DYTRIM_CPU_BF16", "1")
+    assert accel.cpu_has_bf16() and accel.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setenv("DYTRIM_CPU_BF16", "0")
+    assert not accel.cpu_has_bf16() and accel.resolve_precision("auto", cpu) == "fp32"
+
+
+def test_defaults_are_auto() -> None:
+    cfg = load_config()
+    assert (cfg.train.precision, cfg.train.compile) == ("auto", "auto")
     with pytest.raises(ConfigError, match="train.precision"):
         load_config("mnist-lt-fixmatch", ["train.precision=fp16"])
 

@@ -48,4 +48,4 @@ def test_presets_keys_lists_type_default_allowed_and_meaning(capsys) -> None:
         assert e["meaning"], f"{e['key']} has no meaning"
         assert e["default"] == repr(get_key(default, e["key"]))
         assert e["allowed"] == " | ".join(CHOICES.get(e["key"], ()))
-    assert "train.precision (str, default 'fp32'; one of fp32 | bf16 | auto)" in out
+    assert "train.precision (str, default 'auto'; one of fp32 | bf16 | auto)" in out

@@ -156,10 +156,10 @@ class TrainConfig:
     ckpt_every: int = 0  # 0 = at every evaluation
     keep_ckpts: int = 2  # newest checkpoints kept on disk
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast forward + loss; fp32 weights, optimiser, EMA) | auto: bf16 where
-    #   the device does it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16), else fp32
-    compile: str = "off"  # off | on | auto (torch.compile of the training forward for runs of >= 5000 steps); a
-    #   compile failure falls back to eager with one warning
+    precision: str = "auto"  # auto: bf16 where the device does it natively (CUDA with bf16, a CPU with AMX or
+    #   AVX512-BF16), else fp32 | fp32 | bf16 (autocast forward + loss; fp32 weights, optimiser, EMA)
+    compile: str = "auto"  # auto: torch.compile the training forward for runs of >= 5000 steps on CUDA or in bf16
+    #   (where it pays) | on | off; a compile failure falls back to eager with one warning
     deterministic: bool = True  # CUDA: deterministic algorithms + CUBLAS_WORKSPACE_CONFIG, so a resumed run equals an
     #   uninterrupted one there too (the CPU is deterministic anyway); false trades that for speed
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)

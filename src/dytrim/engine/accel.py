@@ -34,7 +34,12 @@ def cpu_facts() -> dict[str, Any]:
 
 
 def cpu_has_bf16() -> bool:
-    """A CPU that computes bf16 natively (AMX tiles or AVX512-BF16); on AVX2 only, bf16 is emulated and slower."""
+    """A CPU that computes bf16 natively (AMX tiles or AVX512-BF16); on AVX2 only, bf16 is emulated and slower.
+    The environment variable DYTRIM_CPU_BF16=0 / 1 overrides the detection (the test suite sets 0, so that it
+    computes the same on every CPU)."""
+    forced = os.environ.get("DYTRIM_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:  # older torch: read the flags
@@ -67,9 +72,14 @@ def make_deterministic(device: torch.device) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def resolve_compile(setting: str, steps: int) -> bool:
-    """train.compile -> whether to compile ("auto": runs long enough to repay the compile time)."""
-    return setting == "on" or (setting == "auto" and steps >= COMPILE_MIN_STEPS)
+def resolve_compile(setting: str, steps: int, device: torch.device, precision: str) -> bool:
+    """train.compile -> whether to compile. "auto": runs long enough to repay the compile time, on a device where
+    compiling pays: CUDA, or a CPU running bf16. An fp32 step on the CPU is oneDNN convolutions either way: on an
+    AVX2-only EPYC the compiled WRN-28-2 step was no faster (1.646 vs 1.618 s/step with channels_last,
+    benchmarks/results/speed-usb-matched.md), so auto leaves it eager."""
+    if setting != "auto":
+        return setting == "on"
+    return steps >= COMPILE_MIN_STEPS and (device.type == "cuda" or precision == "bf16")
 
 
 class CompiledForward:

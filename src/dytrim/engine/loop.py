@@ -100,7 +100,7 @@ class Trainer:
         self.model.train()
         self.dist.broadcast_module(self.model)
         self.precision = resolve_precision(cfg.train.precision, self.device)  # "bf16" | "fp32"
-        self.compiled = resolve_compile(cfg.train.compile, cfg.train.steps)
+        self.compiled = resolve_compile(cfg.train.compile, cfg.train.steps, self.device, self.precision)
         self.forward_fn = CompiledForward(self.model) if self.compiled else self.model  # training forward only
         self.ema = EMATeacher(self.model, cfg.optim.ema_decay, cfg.optim.ema_buffers)
         self.optimizer = build_optimizer(self.model, cfg.optim)

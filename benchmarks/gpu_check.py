@@ -86,13 +86,13 @@ def time_row(name: str, preset: str, overrides: tuple[str, ...], root: Path, dev
     from speed import time_steps
 
     from dytrim.config import load_config
-    from dytrim.engine.loop import Trainer
+    from dytrim.factory import build_trainer
 
     extra = ["model.name=cnn_small", "train.threads=1"] if smoke else []
     cfg = load_config(preset, [f"data.root={root}", f"train.device={device}", "train.progress=false",
                                "train.deterministic=false", *overrides, *extra])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp))
+        trainer = build_trainer(cfg, Path(tmp))
         t0 = time.perf_counter()
         for _ in range(warmup):  # includes compilation where compiled
             trainer.train_step()
@@ -112,14 +112,14 @@ def train_for(seconds: float, data: Path, device: torch.device, settings: list[s
               smoke: bool) -> dict[str, Any]:
     """(c) paper-cifar10lt-g100-dytrim on the real split for `seconds`: steps/s and the bACC curve."""
     from dytrim.config import load_config
-    from dytrim.engine.loop import Trainer
+    from dytrim.factory import build_trainer
 
     extra = ["model.name=cnn_small", "debias.start=20", "train.threads=1"] if smoke else []
     cfg = load_config("paper-cifar10lt-g100-dytrim", [f"data.root={data}", f"train.device={device}",
                                                       "train.progress=false", *settings, *extra])
     curve = []
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp))
+        trainer = build_trainer(cfg, Path(tmp))
         t0, t_eval = time.perf_counter(), 0.0
         while time.perf_counter() - t0 - t_eval < seconds:
             trainer.train_step()

@@ -20,9 +20,9 @@ import yaml
 
 from dytrim.config import config_from_dict
 from dytrim.data.sources import load_data
-from dytrim.debias.baseline import baseline_image, baseline_logits
 from dytrim.engine.checkpoint import load_latest
 from dytrim.engine.evaluate import predict_logits
+from dytrim.engine.probe import baseline_image, baseline_logits
 from dytrim.metrics import classification_metrics
 from dytrim.models import create_model
 

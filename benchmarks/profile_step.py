@@ -45,7 +45,7 @@ def profile(preset: str, overrides: list[str], steps: int, warmup: int, threads:
     from speed import write_synthetic
 
     from dytrim.config import load_config
-    from dytrim.engine.loop import Trainer
+    from dytrim.factory import build_trainer
 
     torch.set_num_threads(threads)
     totals = dict.fromkeys(PARTS, 0.0)
@@ -53,7 +53,7 @@ def profile(preset: str, overrides: list[str], steps: int, warmup: int, threads:
         write_synthetic(Path(tmp), seed=0)
         cfg = load_config(preset, [f"data.root={tmp}", "train.progress=false", f"train.threads={threads}",
                                    "debias.start=0", *overrides])
-        tr = Trainer(cfg, Path(tmp) / "run")
+        tr = build_trainer(cfg, Path(tmp) / "run")
         for _ in range(warmup):
             tr.train_step()
         tr._views = _timed("sampling + augmentation", tr._views, totals)

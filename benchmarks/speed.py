@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dytrim.config import load_config
-from dytrim.engine.loop import Trainer
+from dytrim.factory import build_trainer
 from dytrim.models import create_model
 
 HERE = Path(__file__).resolve().parent
@@ -151,7 +151,7 @@ def bench_row(row: Row, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(row.preset, overrides)
     steps = args.wrn_steps if row.model == "wrn" else args.cnn_steps
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp))
+        trainer = build_trainer(cfg, Path(tmp))
         flops, flop_ops = count_flops(trainer.train_step)  # = the first warm-up step
         for _ in range(max(0, args.warmup - 1)):
             trainer.train_step()

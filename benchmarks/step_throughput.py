@@ -21,7 +21,7 @@ import torch
 from speed import time_steps  # benchmarks/speed.py: the one timing loop
 
 from dytrim.config import load_config
-from dytrim.engine.loop import Trainer
+from dytrim.factory import build_trainer
 
 
 def time_preset(spec: str, data_root: str, threads: int, steps: int, repeats: int) -> dict[str, object]:
@@ -30,7 +30,7 @@ def time_preset(spec: str, data_root: str, threads: int, steps: int, repeats: in
     overrides = [f"data.root={data_root}", f"train.threads={threads}", "train.progress=false"]
     cfg = load_config(preset, overrides + [o for o in extra.split(",") if o])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp))
+        trainer = build_trainer(cfg, Path(tmp))
         for _ in range(3):  # warm-up: allocator, kernels
             trainer.train_step()
         timing = time_steps(trainer.train_step, steps, repeats)

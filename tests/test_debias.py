@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from dytrim.config import ConfigError, load_config
-from dytrim.debias.baseline import baseline_image, baseline_logits, kl
 from dytrim.debias.cdmad import CDMAD
 from dytrim.debias.logit_adjust import LogitAdjustLoss, LogitAdjustPosthoc, log_prior_offsets
 from dytrim.debias.resample import ClassAwareSampler
 from dytrim.debias.reweight import ReWeight, class_weights
+from dytrim.engine.context import Progress, RunContext
 from dytrim.engine.hooks import Batch
+from dytrim.engine.probe import baseline_image, baseline_logits, kl, step_probe
 
 COUNTS = [60, 30, 10]  # prior 0.6, 0.3, 0.1
 
@@ -27,12 +28,12 @@ def test_logit_adjust_offsets_and_forms() -> None:
     assert torch.allclose(off, torch.tensor([math.log(0.6), math.log(0.3), math.log(0.1)]), atol=1e-6)
     assert torch.allclose(log_prior_offsets(COUNTS, 2.0), torch.log(torch.tensor([0.36, 0.09, 0.01])), atol=1e-6)
     z = torch.zeros(2, 3)
-    la = LogitAdjustLoss(_cfg("debias.la_tau=1.0"), COUNTS)
+    la = LogitAdjustLoss(_cfg("logit_adjust.tau=1.0"), _ctx())
     assert torch.allclose(la.train_logits(z, True, 0), off.expand(2, 3))
     assert torch.equal(la.train_logits(z, False, 0), z)  # consistency logits untouched by default
-    la_u = LogitAdjustLoss(_cfg("debias.la_unlabeled=true"), COUNTS)
+    la_u = LogitAdjustLoss(_cfg("logit_adjust.unlabeled=true"), _ctx())
     assert torch.allclose(la_u.train_logits(z, False, 0), off.expand(2, 3))
-    post = LogitAdjustPosthoc(_cfg(), COUNTS)
+    post = LogitAdjustPosthoc(_cfg(), _ctx())
     # equal logits: the post-hoc prediction picks the rarest class
     assert post.eval_logits(z).argmax(-1).tolist() == [2, 2]
 
@@ -48,7 +49,7 @@ def test_class_balanced_weights() -> None:
 
 
 def test_reweight_scales_labeled_and_pseudo_labeled_losses() -> None:
-    rw = ReWeight(_cfg("debias.reweight_unlabeled=true"), COUNTS)
+    rw = ReWeight(_cfg("reweight.unlabeled=true"), _ctx())
     batch = Batch(lb_pos=torch.arange(3), x_lb=torch.zeros(3, 1, 2, 2), y_lb=torch.tensor([0, 1, 2]),
                   w_lb=torch.ones(3), w_ulb=torch.ones(2))
     rw.weight(batch, 0)
@@ -84,29 +85,26 @@ class _Const(torch.nn.Module):
         return self.bias + x.mean(dim=(1, 2, 3), keepdim=False)[:, None]
 
 
-class _FakeTrainer:
-    def __init__(self) -> None:
-        self.model = _Const()
-
-        class _E:
-            model = _Const()
-
-        self.ema = _E()
-        self.ema.model.bias.data = torch.tensor([0.5, 0.0, -0.5])
-        self.device = torch.device("cpu")
-
-        class _D:
-            x_train = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
-
-        self.data = _D()
+def _ctx(model: torch.nn.Module | None = None, ema: torch.nn.Module | None = None, baseline: str = "zeros"
+         ) -> RunContext:
+    """A RunContext of 1x4x4 images, COUNTS labeled images, the constant nets unless given."""
+    if ema is None:
+        ema = _Const()
+        ema.bias.data = torch.tensor([0.5, 0.0, -0.5])
+    return RunContext(model=model or _Const(), ema_model=ema, device=torch.device("cpu"), seed=0,
+                      classes=["a", "b", "c"], lb_counts=list(COUNTS), lb_labels=torch.zeros(0, dtype=torch.int64),
+                      n_ulb=0, image_shape=(1, 4, 4), uses_unlabeled=True, progress=Progress(total_steps=10),
+                      baseline=baseline_image(baseline, 1, 4, 4, "cpu"))
 
 
 def test_cdmad_subtraction_and_start_switch() -> None:
-    c = CDMAD(_cfg("debias.methods=cdmad", "debias.start=5", "debias.baseline=ones"), COUNTS)
-    c.bind(_FakeTrainer())
-    assert torch.equal(c.image, torch.ones(1, 1, 4, 4))
+    ctx = _ctx(baseline="ones")
+    c = CDMAD(_cfg("debias.methods=cdmad", "debias.start=5", "debias.baseline=ones"), ctx)
+    assert c.uses_probe  # the loop computes ctx.z_I for it at the start of each step
+    assert torch.equal(ctx.baseline, torch.ones(1, 1, 4, 4))
+    ctx.z_I = step_probe(ctx.model, ctx.baseline)
     c.before_step(0)
-    assert torch.allclose(c.z_I, torch.tensor([3.0, 2.0, 1.0]))  # bias + mean(ones)
+    assert torch.allclose(ctx.z_I, torch.tensor([3.0, 2.0, 1.0]))  # bias + mean(ones)
     z = torch.tensor([[3.0, 2.5, 1.0]])
     assert torch.equal(c.pseudo_logits(z, 4), z)  # before the debias start: untouched
     assert torch.allclose(c.pseudo_logits(z, 5), torch.tensor([[0.0, 0.5, 0.0]]))
@@ -162,12 +160,10 @@ def test_cdmad_test_bn_mode_selects_the_probe() -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
     net(torch.randn(16, 1, 4, 4) * 3 + 1)  # running statistics far from the constant image's own
-    trainer = _FakeTrainer()
-    trainer.ema.model = net
+    ctx = _ctx(ema=net)
     outs = {}
     for mode in ("eval", "train"):
-        c = CDMAD(_cfg("debias.methods=cdmad", f"debias.test_bn={mode}"), COUNTS)
-        c.bind(trainer)
+        c = CDMAD(_cfg("debias.methods=cdmad", f"cdmad.test_bn={mode}"), ctx)
         outs[mode] = c.eval_logits(torch.zeros(1, 3))
-        assert torch.allclose(outs[mode], -baseline_logits(net, c.image, mode)[None])
+        assert torch.allclose(outs[mode], -baseline_logits(net, ctx.baseline, mode)[None])
     assert not torch.allclose(outs["eval"], outs["train"])

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from dytrim.cli import main
 from dytrim.config import dump_yaml, load_config
-from dytrim.debias.baseline import kl
 from dytrim.debias.reweight import class_weights
 from dytrim.dynamics.baseline_checks import invariance_table, read_prior_curve
 from dytrim.dynamics.decompose import decompose_step, error_vs_lr, output_sensitivity
@@ -21,6 +20,7 @@ from dytrim.dynamics.fixmatch_split import fixmatch_loss, split_fixmatch_step
 from dytrim.dynamics.mlp import SmallMLP
 from dytrim.dynamics.ntk import empirical_ntk, logit_jacobian
 from dytrim.engine.checkpoint import save_checkpoint
+from dytrim.engine.probe import kl
 from dytrim.models import create_model
 
 
@@ -198,7 +198,7 @@ def test_unified_view_drives_library_components() -> None:
                                              ("fixmatch", "reweight", "logit_adjust", "dytrim"), n_lb=16, n_ulb=16)}
     base, rw = views["fixmatch"], views["reweight"]
     assert torch.equal(base.y_lb, rw.y_lb)  # same batch for methods that keep the default sampler
-    w = class_weights(data.split.lb_counts, cfg.debias.reweight_kind, cfg.debias.reweight_beta)[base.y_lb]
+    w = class_weights(data.split.lb_counts, cfg.reweight.kind, cfg.reweight.beta)[base.y_lb]
     assert torch.allclose(rw.G_lb, w[:, None] * base.G_lb, atol=1e-6)  # re-weighting scales G per sample
     assert not torch.allclose(views["logit_adjust"].G_lb, base.G_lb)  # LA turns G's direction
     assert torch.allclose(views["logit_adjust"].G_ulb, base.G_ulb)  # labeled-only LA by default

@@ -10,7 +10,7 @@ import torch
 
 from dytrim.cli import main
 from dytrim.config import load_config
-from dytrim.engine.loop import Trainer
+from dytrim.factory import build_trainer
 from dytrim.models import create_model
 
 BASE = ["train", "--preset", "mnist-lt-fixmatch", "--set", "train.progress=false"]
@@ -27,13 +27,13 @@ def test_weights_are_loaded_into_the_model(tmp_path) -> None:
     weights = tmp_path / "w.pt"
     state = _foreign_weights(weights)
     cfg = load_config("mnist-lt-fixmatch", [f"model.pretrained={weights}", "model.pretrained_key=ema_model"])
-    trainer = Trainer(cfg, tmp_path / "run")
+    trainer = build_trainer(cfg, tmp_path / "run")
     own = trainer.model.state_dict()
     for name, tensor in state.items():
         assert torch.equal(own[name], tensor), name
     assert trainer.pretrained is not None and trainer.pretrained.clean
     # without the key the plain seeded init stays (the test's weights really differ from it)
-    plain = Trainer(load_config("mnist-lt-fixmatch"), tmp_path / "run2").model.state_dict()
+    plain = build_trainer(load_config("mnist-lt-fixmatch"), tmp_path / "run2").model.state_dict()
     assert not torch.equal(plain["head.weight"], state["head.weight"])
 
 
@@ -78,7 +78,8 @@ def test_exported_run_and_training_checkpoint(tmp_path, capsys) -> None:
     assert main([*BASE, "--set", "train.steps=2", "--set", "train.eval_every=2", "--out", str(run)]) == 0
     exported = tmp_path / "model.pt"
     assert main(["export", str(run), "--format", "state_dict", "--out", str(exported)]) == 0
-    trainer = Trainer(load_config("mnist-lt-fixmatch", [f"model.pretrained={exported}", "seed=5"]), tmp_path / "b")
+    cfg = load_config("mnist-lt-fixmatch", [f"model.pretrained={exported}", "seed=5"])
+    trainer = build_trainer(cfg, tmp_path / "b")
     assert trainer.pretrained is not None and trainer.pretrained.clean  # the wrapper's prefix and constants go
     ema = torch.load(next(run.glob("ckpt_*.pt")), weights_only=True)["ema"]
     assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in ema.items())

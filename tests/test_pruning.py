@@ -15,7 +15,9 @@ import torch
 from dytrim.cli import main
 from dytrim.config import ConfigError, load_config
 from dytrim.debias.dytrim import DyTrim
+from dytrim.engine.context import Progress, RunContext
 from dytrim.engine.loop import Trainer
+from dytrim.factory import build_trainer
 from dytrim.pruning import PrunedSampler, capped_ratio, keep_count, keep_labeled, soft_prune
 
 
@@ -108,7 +110,7 @@ def test_pruned_sampler_passes_and_renew() -> None:
 def _trainer(tmp_path, *overrides: str) -> Trainer:
     cfg = load_config("mnist-lt-fixmatch", ["debias.methods=cdmad,dytrim", "train.progress=false",
                                             "train.eval_every=10", *overrides])
-    return Trainer(cfg, tmp_path)
+    return build_trainer(cfg, tmp_path)
 
 
 def test_dytrim_prunes_after_first_pass_and_anneals(tmp_path) -> None:
@@ -227,6 +229,15 @@ MNIST_LT = [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]  # mnist-lt labeled counts (N1 1
 C10_LT = [1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
 
 
+def _ctx(counts: list[int]) -> RunContext:
+    """A RunContext with these labeled class counts (empty pools: enough to build DyTrim)."""
+    net = torch.nn.Linear(1, len(counts))
+    return RunContext(model=net, ema_model=net, device=torch.device("cpu"), seed=0,
+                      classes=[str(c) for c in range(len(counts))], lb_counts=counts,
+                      lb_labels=torch.zeros(0, dtype=torch.int64), n_ulb=0, image_shape=(1, 28, 28),
+                      uses_unlabeled=True, progress=Progress(total_steps=100), baseline=torch.zeros(1, 1, 28, 28))
+
+
 def test_keep_count_reference_floor_round_and_min_keep() -> None:
     assert keep_count(1, 0.004) == 0  # the reference erases a 1-image class for any r_c > 0
     assert keep_count(1, 0.0) == 1 and keep_count(15, 0.004) == 14 and keep_count(100, 0.885) == 11
@@ -294,14 +305,14 @@ def test_paper_presets_keep_the_reference_rule(preset) -> None:
 def test_erasure_warning_names_the_key() -> None:
     cfg = load_config("mnist-lt-dytrim", ["prune.min_keep=0", "prune.max_prior_ratio=0", "prune.ratio_ema=0"])
     with pytest.warns(UserWarning, match=r"class 8: N_c = 1, class 9: N_c = 1.*prune\.min_keep=1"):
-        DyTrim(cfg, MNIST_LT)
+        DyTrim(cfg, _ctx(MNIST_LT))
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        DyTrim(load_config("mnist-lt-dytrim", ["prune.min_keep=1"]), MNIST_LT)  # the floor: no warning
-        DyTrim(load_config("paper-cifar10lt-g100-dytrim"), C10_LT)  # 15 images: int(15·(1 - 0.40)) = 9
-        DyTrim(load_config("mnist-lt-dytrim", ["prune.min_keep=0", "prune.labeled=false"]), MNIST_LT)
+        DyTrim(load_config("mnist-lt-dytrim", ["prune.min_keep=1"]), _ctx(MNIST_LT))  # the floor: no warning
+        DyTrim(load_config("paper-cifar10lt-g100-dytrim"), _ctx(C10_LT))  # 15 images: int(15·(1 - 0.40)) = 9
+        DyTrim(load_config("mnist-lt-dytrim", ["prune.min_keep=0", "prune.labeled=false"]), _ctx(MNIST_LT))
 
 
 @pytest.mark.parametrize(("key", "value"), [("prune.rounding", "ceil"), ("prune.max_ratio", "1.5"),

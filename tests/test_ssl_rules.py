@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dytrim.config import SSLConfig
-from dytrim.ssl import create_ssl, soft_cross_entropy
+from dytrim.engine.losses import soft_cross_entropy
+from dytrim.ssl import create_ssl
 
 
 def test_soft_cross_entropy_matches_hand_value() -> None:

@@ -8,7 +8,8 @@ import torch
 from dytrim.config import load_config
 from dytrim.engine.checkpoint import checkpoint_paths, load_latest
 from dytrim.engine.hooks import Component
-from dytrim.engine.loop import Trainer, TrainingDiverged
+from dytrim.engine.loop import TrainingDiverged
+from dytrim.factory import build_trainer
 
 
 class PoisonAt(Component):
@@ -25,7 +26,7 @@ class PoisonAt(Component):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path) -> None:
     cfg = load_config("mnist-lt-fixmatch", ["train.steps=20", "train.eval_every=5", "train.progress=false"])
-    trainer = Trainer(cfg, tmp_path, components=[PoisonAt(12)])
+    trainer = build_trainer(cfg, tmp_path, extra_components=[PoisonAt(12)])
     with pytest.raises(TrainingDiverged, match="at step 12"):
         trainer.fit()
     assert [p.name for p in checkpoint_paths(tmp_path)] == ["ckpt_00000010.pt", "ckpt_00000005.pt"]

@@ -102,12 +102,12 @@ def test_metrics_write_failure_names_the_file(tmp_path, capsys, monkeypatch) -> 
 
 
 def test_interrupt_before_training_is_one_line_130(tmp_path, capsys, monkeypatch) -> None:
-    from dytrim.engine import loop
+    from dytrim.engine import build
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "load_data", interrupted)
+    monkeypatch.setattr(build, "load_data", interrupted)
     assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 130
     assert "interrupted" in _one_line(capsys.readouterr().err)
 

@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dytrim.datacard import annotate_summary, write_card
-    from dytrim.engine.loop import Trainer, TrainingDiverged
+    from dytrim.engine.loop import TrainingDiverged
     from dytrim.engine.runlog import format_summary
     from dytrim.engine.stop import Stopped
+    from dytrim.factory import build_trainer
 
     if args.resume:
         out = Path(args.resume)
@@ -106,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     fresh = not out.exists()
     check_writable_dir(out, "--resume" if args.resume else "--out")
     try:
-        trainer = Trainer(cfg, out, resume=bool(args.resume))
+        trainer = build_trainer(cfg, out, resume=bool(args.resume))
         restored = trainer.restore() if args.resume else None  # checks, then loads; nothing written yet
     except (ConfigError, DataError):
         if fresh and out.is_dir() and not any(out.iterdir()):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -30,10 +29,12 @@ from dytrim.config import (
 from dytrim.data.folder import BadImage, is_image_file, list_images, load_image
 from dytrim.data.readers import DataError
 from dytrim.datacard import DataCard, read_card
-from dytrim.debias import create_components
+from dytrim.debias import COMPONENTS
 from dytrim.engine.checkpoint import load_latest
+from dytrim.engine.context import Progress, RunContext
 from dytrim.engine.evaluate import predict_logits
 from dytrim.engine.hooks import Component
+from dytrim.engine.probe import baseline_image
 from dytrim.models import create_model
 
 
@@ -68,40 +69,39 @@ class TrainedRun:
         return z, adjusted
 
 
-def _overrides_eval_logits(c: Component) -> bool:
-    return type(c).eval_logits is not Component.eval_logits
+def _overrides_eval_logits(cls: Any) -> bool:
+    return isinstance(cls, type) and cls.eval_logits is not Component.eval_logits
 
 
-def _bind_context(cfg: RunConfig, card: DataCard, model: nn.Module, device: torch.device) -> SimpleNamespace:
-    """The parts of a Trainer that a debiaser's `bind` and `eval_logits` read, rebuilt without the training data
-    (an empty image tensor of the right shape stands for x_train)."""
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
-    data = SimpleNamespace(
-        name=card.source, classes=card.classes, num_classes=card.num_classes, in_channels=card.channels,
-        mean=tuple(card.mean), std=tuple(card.std),
-        x_train=torch.zeros(0, card.channels, card.height, card.width, dtype=torch.uint8, device=device),
-        y_train=empty, lb_idx=empty, ulb_idx=empty,
-        split=SimpleNamespace(lb_counts=card.lb_counts, ulb_counts=[]),
+def _prediction_context(cfg: RunConfig, card: DataCard, model: nn.Module, device: torch.device) -> RunContext:
+    """The run as a debiaser's `eval_logits` sees it, rebuilt from the data card without the training data (the
+    loaded EMA model stands for both networks; the pools are empty)."""
+    c, h, w = card.channels, card.height, card.width
+    return RunContext(
+        model=model, ema_model=model, device=device, seed=cfg.seed, classes=list(card.classes),
+        lb_counts=[int(n) for n in card.lb_counts], lb_labels=torch.zeros(0, dtype=torch.int64), n_ulb=0,
+        image_shape=(c, h, w), uses_unlabeled=False, progress=Progress(total_steps=cfg.train.steps),
+        baseline=baseline_image(cfg.debias.baseline, c, h, w, device),
     )
-    return SimpleNamespace(cfg=cfg, device=device, model=model, ema=SimpleNamespace(model=model), data=data,
-                           components=[])
 
 
 def _debiasers(cfg: RunConfig, card: DataCard, model: nn.Module, state: dict[str, Any], device: torch.device
                ) -> list[Component]:
-    """The run's components that change predictions, bound to the loaded EMA model."""
-    chosen = [c for c in create_components(cfg, card.lb_counts) if _overrides_eval_logits(c)]
-    ctx = _bind_context(cfg, card, model, device)
-    ctx.components = chosen
-    for c in chosen:
+    """The run's components that change predictions, built on the loaded EMA model."""
+    ctx = _prediction_context(cfg, card, model, device)
+    chosen = []
+    for name in cfg.debias.methods:
+        if not _overrides_eval_logits(COMPONENTS.get(name)):
+            continue
         try:
-            c.bind(ctx)
+            c = COMPONENTS.create(name, cfg, ctx)
             c.load_state_dict(state.get("components", {}).get(c.name, {}))
         except (AttributeError, KeyError, RuntimeError) as exc:
             raise ConfigError(
-                f"debias method '{c.name}' cannot be rebuilt for prediction without its training state ({exc}); "
+                f"debias method '{name}' cannot be rebuilt for prediction without its training state ({exc}); "
                 "evaluate this run with the training loop instead"
             ) from exc
+        chosen.append(c)
     return chosen
 
 

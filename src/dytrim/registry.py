@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from dytrim.suggest import did_you_mean
 
 T = TypeVar("T")
 
@@ -30,8 +31,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Callable[..., T]:
         if name not in self._items:
-            close = difflib.get_close_matches(name, list(self._items), n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(name, self._items)
             raise KeyError(f"unknown {self.kind} '{name}'.{hint} Known: {', '.join(sorted(self._items))}")
         return self._items[name]
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dytrim.config import ConfigError, DataConfig
+from dytrim.config import ConfigError, DataConfig, register_choices
 from dytrim.data.folder import channel_stats, folder_split, read_folder_source
 from dytrim.data.imagenet127 import MEAN as IN127_MEAN
 from dytrim.data.imagenet127 import STD as IN127_STD
@@ -43,6 +43,7 @@ class Source:
 
 
 SOURCES: Registry[Source] = Registry("data set")
+register_choices("data.name", SOURCES.names)  # the config accepts exactly the registered names
 
 
 def data_root(cfg: DataConfig) -> Path:

@@ -12,16 +12,18 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
 
 from __future__ import annotations
 
-from dytrim.config import RunConfig
+from dytrim.config import RunConfig, register_choices
+from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
 from dytrim.registry import Registry
 
 COMPONENTS: Registry[Component] = Registry("debias method")
+register_choices("debias.methods", COMPONENTS.names)  # the config accepts exactly the registered names
 
 
-def create_components(cfg: RunConfig, lb_counts: list[int]) -> list[Component]:
-    """Build `cfg.debias.methods` in order; each factory gets the config and labeled class counts."""
-    return [COMPONENTS.create(name, cfg, lb_counts) for name in cfg.debias.methods]
+def create_components(cfg: RunConfig, ctx: RunContext) -> list[Component]:
+    """Build `cfg.debias.methods` in order; each factory gets the config and the run's context."""
+    return [COMPONENTS.create(name, cfg, ctx) for name in cfg.debias.methods]
 
 
 from dytrim.debias import cdmad as _cdmad  # noqa: E402,F401  (registers the components)

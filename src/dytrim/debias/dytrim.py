@@ -12,8 +12,8 @@ EMA of pi_theta(I) (`prune.ratio_ema`). A warning at start-up names `prune.min_k
 would delete a class's last labeled image for a plausible r_c (up to the largest labeled class share).
 Logged at each evaluation under `pruning`: r_c of the latest selection, pi_theta(I) of the training-mode
 student now (`pi_I`), and the class shares of the masked pseudo-labels since the previous evaluation
-(`pseudo_dist`). Listed with `cdmad` (the reference recipe) it reuses CDMAD's per-step z(I); alone it
-computes z(I) itself.
+(`pseudo_dist`). z(I) is the loop's per-step probe (ctx.z_I), shared with CDMAD when both are listed (the
+reference recipe).
 
 Differences from the reference code, on purpose: its loaders are re-created at every 500-iteration epoch,
 which reshuffles the current kept list mid-pass without re-pruning (here a pass runs to its end); and its
@@ -23,14 +23,15 @@ annealing test uses the epoch count, here the step clock (step >= delta * train.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from dytrim.config import RunConfig
+from dytrim.config import RunConfig, config_section, require
 from dytrim.debias import COMPONENTS
-from dytrim.debias.baseline import baseline_image
+from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component, StepOutput
 from dytrim.engine.indexing import put_last
 from dytrim.engine.rng import set_generator_state
@@ -38,31 +39,80 @@ from dytrim.pruning.sampler import PrunedSampler
 from dytrim.pruning.select import capped_ratio, keep_count, keep_labeled, soft_prune
 
 
+@config_section("prune")
+@dataclass
+class PruneConfig:
+    """DyTrim's dynamic pruning (used when `dytrim` is in debias.methods; see dytrim.pruning)."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "score": ("loss", "entropy"), "cadence": ("pass", "epoch"), "budget": ("fixed", "shrink"),
+        "rounding": ("floor", "round"),
+    }
+
+    labeled: bool = True  # class-aware hard pruning of labeled data (prune ratio r_c = pi_theta(I)_c)
+    unlabeled: bool = True  # confidence-gated soft pruning of unlabeled data (InfoBatch-style)
+    rescale: bool = True  # weight 1/keep_rate on randomly kept low-score unlabeled samples
+    min_keep: int = 0  # labeled images kept per class at least (reference 0: a 1-image class can vanish;
+    #   our cpu-*/mnist-* presets use 1, see README "DyTrim")
+    rounding: str = "floor"  # kept count of class c: floor = int((1 - r_c)·N_c) (reference) | round = nearest
+    max_ratio: float = 1.0  # cap on the prune ratio: r_c <= max_ratio (reference 1 = no cap)
+    max_prior_ratio: float = 0.0  # cap on r_c relative to the labeled prior: r_c <= max_prior_ratio·prior_c
+    #   (reference 0 = no cap; 1 = never prune a class harder than its labeled frequency)
+    ratio_ema: float = 0.0  # r_c from an EMA of pi_theta(I) with this per-step decay, started from the labeled
+    #   prior at debias.start (reference 0 = the latest pi_theta(I))
+    keep_rate: float = 0.3  # r: keep probability of low-score, confident unlabeled samples (reference 0.3)
+    anneal: float = 0.875  # delta: after this fraction of train.steps use the full data with unit weights
+    tau: float = 0.0  # debiased-confidence gate: only samples with max softmax(z(u) - z(I)) >= tau are soft-pruned
+    score: str = "loss"  # unlabeled score: loss (masked soft CE summed over strong views) | entropy (of the weak view)
+    init_score: float = 1.0  # score of a sample never seen yet (reference 1)
+    cadence: str = "pass"  # re-prune when the kept list is exhausted (reference) | epoch: every epoch_steps steps
+    epoch_steps: int = 500  # steps per epoch for cadence=epoch (reference epoch = 500 iterations)
+    budget: str = "fixed"  # fixed: train.steps updates (reference) | shrink: the step clock advances by
+    #   |U| / |kept U| per update, so pruning saves updates (InfoBatch's shrinking epochs)
+
+    def check(self, cfg: Any) -> None:
+        require(0 < self.keep_rate <= 1, "prune.keep_rate", f"must be in (0, 1]; got {self.keep_rate}")
+        require(0 <= self.anneal <= 1, "prune.anneal",
+                f"must be in [0, 1] (fraction of train.steps); got {self.anneal}")
+        require(0 <= self.tau <= 1, "prune.tau", f"must be in [0, 1]; got {self.tau}")
+        require(self.min_keep >= 0, "prune.min_keep", f"must be >= 0; got {self.min_keep}")
+        require(0 <= self.max_ratio <= 1, "prune.max_ratio", f"must be in [0, 1] (1 = no cap); got {self.max_ratio}")
+        require(self.max_prior_ratio >= 0, "prune.max_prior_ratio",
+                f"must be >= 0 (0 = no cap); got {self.max_prior_ratio}")
+        require(0 <= self.ratio_ema < 1, "prune.ratio_ema",
+                f"must be in [0, 1) (0 = latest pi(I)); got {self.ratio_ema}")
+        require(self.epoch_steps >= 1, "prune.epoch_steps", f"must be >= 1; got {self.epoch_steps}")
+
+
 @COMPONENTS.register("dytrim")
 class DyTrim(Component):
     """Owns the score store and both pruned samplers; weights unlabeled losses of the current pass."""
 
     name = "dytrim"
+    uses_probe = True
 
-    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
+    def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
+        self.ctx = ctx
         self.p = cfg.prune
         self.start = cfg.debias.start
-        self.total_steps = cfg.train.steps
-        self.baseline_kind = cfg.debias.baseline
-        counts = torch.tensor(lb_counts, dtype=torch.float64)
-        self.lb_prior = counts / counts.sum()
-        self.lb_counts = [int(n) for n in lb_counts]
+        self.lb_prior = ctx.lb_prior
+        self.lb_counts = list(ctx.lb_counts)
         self.pi_ema: torch.Tensor | None = None  # EMA of pi_theta(I) (prune.ratio_ema > 0), from debias.start
-        self.pseudo_hist = torch.zeros(len(lb_counts), dtype=torch.float64)  # masked pseudo-labels since last eval
+        self.pseudo_hist = torch.zeros(ctx.num_classes, dtype=torch.float64)  # masked pseudo-labels since last eval
         if self.p.labeled:
             self._warn_erasure()
-        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 5)  # soft pruning's random keeps
+        self.gen = torch.Generator().manual_seed(ctx.seed * 1000 + 5)  # soft pruning's random keeps
         self.step = 0
-        self.own_z_I: torch.Tensor | None = None
         self.prune_ratio = self.lb_prior.clone()  # r_c used by the latest labeled selection
         self.lb_sampler: PrunedSampler | None = None
         self.ulb_sampler: PrunedSampler | None = None
         self.epoch = 0
+        self.n_lb, self.n_ulb, self.num_classes = ctx.n_lb, ctx.n_ulb, ctx.num_classes
+        self.lb_labels = ctx.lb_labels  # [N_lb] on the CPU
+        self.score_lb = torch.full((self.n_lb,), self.p.init_score, device=ctx.device)
+        self.score_ulb = torch.full((self.n_ulb,), self.p.init_score, device=ctx.device)
+        self.conf_ulb = torch.zeros(self.n_ulb, device=ctx.device)  # 0 until seen: with tau > 0 unseen stay
+        self.w_ulb = torch.ones(self.n_ulb, device=ctx.device)
 
     def _warn_erasure(self) -> None:
         """Warn when the configured rule keeps no labeled image of some class for a plausible r_c, taken as
@@ -84,7 +134,6 @@ class DyTrim(Component):
 
     # ------------------------------------------------------------------ wiring
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> PrunedSampler:
-        self.lb_labels = labels.detach().cpu()
         self.lb_sampler = PrunedSampler(self._select_labeled, batch_size, seed)
         return self.lb_sampler
 
@@ -92,25 +141,13 @@ class DyTrim(Component):
         self.ulb_sampler = PrunedSampler(self._select_unlabeled, batch_size, seed)
         return self.ulb_sampler
 
-    def bind(self, trainer: Any) -> None:
-        self.trainer = trainer
-        d, dev = trainer.data, trainer.device
-        self.n_lb, self.n_ulb, self.num_classes = len(d.lb_idx), len(d.ulb_idx), d.num_classes
-        self.score_lb = torch.full((self.n_lb,), self.p.init_score, device=dev)
-        self.score_ulb = torch.full((self.n_ulb,), self.p.init_score, device=dev)
-        self.conf_ulb = torch.zeros(self.n_ulb, device=dev)  # 0 until seen: with tau > 0 unseen are not pruned
-        self.w_ulb = torch.ones(self.n_ulb, device=dev)
-        self.cdmad = next((c for c in trainer.components if c.name == "cdmad"), None)
-        x = d.x_train
-        self.image = baseline_image(self.baseline_kind, x.shape[1], x.shape[2], x.shape[3], dev)
-
     # ------------------------------------------------------------------ decisions
     def annealing(self) -> bool:
         """True in the last (1 - delta) of training: full data and unit weights (InfoBatch annealing)."""
-        return self.step >= self.p.anneal * self.total_steps
+        return self.step >= self.p.anneal * self.ctx.progress.total_steps
 
     def z_I(self) -> torch.Tensor | None:
-        return self.cdmad.z_I if self.cdmad is not None else self.own_z_I
+        return self.ctx.z_I
 
     def current_pi(self) -> torch.Tensor:
         """pi_theta(I) as the rule reads it: softmax(z(I)) of the training-mode network after the debias start
@@ -145,9 +182,6 @@ class DyTrim(Component):
     # ------------------------------------------------------------------ hooks
     def before_step(self, step: int) -> None:
         self.step = step
-        if self.cdmad is None:
-            with torch.no_grad():  # training-mode network, as CDMAD/DyTrim take z(I) every step
-                self.own_z_I = self.trainer.model(self.image)[0].float()
         z = self.z_I()
         if self.p.ratio_ema > 0 and step >= self.start and z is not None:
             pi = torch.softmax(z.double(), dim=-1).cpu()
@@ -171,10 +205,11 @@ class DyTrim(Component):
             self.pseudo_hist += (hard * out.mask.detach().double()[:, None]).sum(0)
         if out.loss_ulb is None or out.logits_ulb_w is None or batch.ulb_pos is None:
             return
-        logits = out.logits_ulb_w.float()
         z = self.z_I()
-        if self.cdmad is None and step >= self.start and z is not None:
-            logits = logits - z
+        if step >= self.start and z is not None and out.logits_ulb_w_raw is not None:
+            logits = out.logits_ulb_w_raw.float() - z.float()  # debiased confidence: softmax(z(u) - z(I))
+        else:
+            logits = out.logits_ulb_w.float()
         probs = torch.softmax(logits, dim=-1)
         if self.p.score == "loss":
             score = out.loss_ulb.float().sum(0)
@@ -187,11 +222,11 @@ class DyTrim(Component):
         """With prune.budget=shrink, one update stands for |pool| / |kept| steps of the full-data clock."""
         if self.p.budget != "shrink":
             return 1.0
-        s, n = (self.ulb_sampler, self.n_ulb) if self.trainer.ssl.uses_unlabeled else (self.lb_sampler, self.n_lb)
+        s, n = (self.ulb_sampler, self.n_ulb) if self.ctx.uses_unlabeled else (self.lb_sampler, self.n_lb)
         return n / len(s.kept) if s is not None and len(s.kept) else 1.0
 
     def eval_fields(self) -> dict[str, Any]:
-        t = self.trainer
+        t = self.ctx.progress
         lb_kept = self.lb_sampler.kept if self.lb_sampler is not None else torch.arange(self.n_lb)
         kept_lb = torch.bincount(self.lb_labels[lb_kept], minlength=self.num_classes)
         info: dict[str, Any] = {
@@ -231,7 +266,7 @@ class DyTrim(Component):
     def on_finish(self, out_dir: Path, rows: list[dict[str, Any]]) -> None:
         from dytrim.pruning.plots import plot_pruning
 
-        plot_pruning(rows, out_dir / "pruning.png", self.trainer.data.classes, self.trainer.data.split.lb_counts)
+        plot_pruning(rows, out_dir / "pruning.png", self.ctx.classes, self.ctx.lb_counts)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -239,7 +274,7 @@ class DyTrim(Component):
             "score_lb": self.score_lb.clone(), "score_ulb": self.score_ulb.clone(),
             "conf_ulb": self.conf_ulb.clone(), "w_ulb": self.w_ulb.clone(),
             "gen": self.gen.get_state(), "prune_ratio": self.prune_ratio.clone(), "epoch": self.epoch,
-            "own_z_I": self.own_z_I, "pi_ema": self.pi_ema, "pseudo_hist": self.pseudo_hist.clone(),
+            "pi_ema": self.pi_ema, "pseudo_hist": self.pseudo_hist.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -250,7 +285,6 @@ class DyTrim(Component):
         set_generator_state(self.gen, state["gen"])
         self.prune_ratio = state["prune_ratio"].clone()
         self.epoch = int(state["epoch"])
-        self.own_z_I = state["own_z_I"]
         self.pi_ema = state.get("pi_ema")
         if "pseudo_hist" in state:
             self.pseudo_hist = state["pseudo_hist"].clone()

@@ -3,10 +3,13 @@ subtracts it at prediction; π = labeled class prior (google-research logit_adju
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from dytrim.config import RunConfig
+from dytrim.config import RunConfig, config_section
 from dytrim.debias import COMPONENTS
+from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
 
 
@@ -16,15 +19,24 @@ def log_prior_offsets(counts: list[int], tau: float) -> torch.Tensor:
     return (torch.log((c / c.sum()) ** tau + 1e-12)).float()
 
 
+@config_section("logit_adjust")
+@dataclass
+class LogitAdjustConfig:
+    """Logit adjustment (both forms): the strength and whether the loss form also adjusts consistency logits."""
+
+    tau: float = 1.0  # strength tau (offsets tau * log pi, pi = labeled class prior)
+    unlabeled: bool = False  # loss form also on the strong-view (consistency) logits
+
+
 @COMPONENTS.register("logit_adjust")
 class LogitAdjustLoss(Component):
-    """Trains on z + τ·log π (labeled logits; strong-view logits too with debias.la_unlabeled)."""
+    """Trains on z + τ·log π (labeled logits; strong-view logits too with logit_adjust.unlabeled)."""
 
     name = "logit_adjust"
 
-    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
-        self.offsets = log_prior_offsets(lb_counts, cfg.debias.la_tau)
-        self.unlabeled = cfg.debias.la_unlabeled
+    def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
+        self.offsets = log_prior_offsets(ctx.lb_counts, cfg.logit_adjust.tau)
+        self.unlabeled = cfg.logit_adjust.unlabeled
 
     def train_logits(self, logits: torch.Tensor, labeled: bool, step: int) -> torch.Tensor:
         if labeled or self.unlabeled:
@@ -39,8 +51,8 @@ class LogitAdjustPosthoc(Component):
 
     name = "logit_adjust_posthoc"
 
-    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
-        self.offsets = log_prior_offsets(lb_counts, cfg.debias.la_tau)
+    def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
+        self.offsets = log_prior_offsets(ctx.lb_counts, cfg.logit_adjust.tau)
 
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor:
         self.offsets = _on(self.offsets, logits.device)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from dytrim.config import RunConfig
+from dytrim.config import RunConfig, config_section, require
 from dytrim.debias import COMPONENTS
 from dytrim.debias.reweight import class_weights
+from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
 from dytrim.engine.rng import set_generator_state
 
@@ -32,14 +34,28 @@ class ClassAwareSampler:
         set_generator_state(self.gen, state["gen"])
 
 
+@config_section("resample")
+@dataclass
+class ResampleConfig:
+    """Class-aware labeled sampling weights (the same kinds as reweight)."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"kind": ("inverse", "effective")}
+
+    kind: str = "inverse"  # inverse: every class equally likely per draw | effective: effective-number weights
+    beta: float = 0.999  # beta of the effective-number weights (kind=effective)
+
+    def check(self, cfg: Any) -> None:
+        require(0 < self.beta < 1, "resample.beta", f"must be in (0, 1); got {self.beta}")
+
+
 @COMPONENTS.register("resample")
 class ReSample(Component):
     """Replaces the labeled sampler by a class-aware one."""
 
     name = "resample"
 
-    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
-        self.w = class_weights(lb_counts, cfg.debias.resample_kind, cfg.debias.reweight_beta)
+    def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
+        self.w = class_weights(ctx.lb_counts, cfg.resample.kind, cfg.resample.beta)
 
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> ClassAwareSampler:
         return ClassAwareSampler(labels, self.w, batch_size, seed)

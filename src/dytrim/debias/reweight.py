@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 
-from dytrim.config import RunConfig
+from dytrim.config import RunConfig, config_section, require
 from dytrim.debias import COMPONENTS
+from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component
 
 
@@ -16,16 +20,31 @@ def class_weights(counts: list[int], kind: str = "inverse", beta: float = 0.999)
     return (w * len(counts) / w.sum()).float()
 
 
+@config_section("reweight")
+@dataclass
+class ReweightConfig:
+    """Class-balanced loss weights."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"kind": ("inverse", "effective")}
+
+    kind: str = "inverse"  # inverse: 1/n_c | effective: (1 - beta) / (1 - beta^n_c)
+    beta: float = 0.999  # beta of the effective-number weights (kind=effective)
+    unlabeled: bool = False  # also weight pseudo-labeled samples by their predicted class
+
+    def check(self, cfg: Any) -> None:
+        require(0 < self.beta < 1, "reweight.beta", f"must be in (0, 1); got {self.beta}")
+
+
 @COMPONENTS.register("reweight")
 class ReWeight(Component):
-    """Multiplies labeled losses by w[y]; with debias.reweight_unlabeled, pseudo-labeled losses by
+    """Multiplies labeled losses by w[y]; with reweight.unlabeled, pseudo-labeled losses by
     w[predicted class]."""
 
     name = "reweight"
 
-    def __init__(self, cfg: RunConfig, lb_counts: list[int]) -> None:
-        self.w = class_weights(lb_counts, cfg.debias.reweight_kind, cfg.debias.reweight_beta)
-        self.unlabeled = cfg.debias.reweight_unlabeled
+    def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
+        self.w = class_weights(ctx.lb_counts, cfg.reweight.kind, cfg.reweight.beta)
+        self.unlabeled = cfg.reweight.unlabeled
 
     def _w_on(self, device: torch.device) -> torch.Tensor:
         """The class weights on `device`, copied there at the first use only (not once per step)."""

@@ -18,10 +18,10 @@ import yaml
 from torch import nn
 
 from dytrim.config import config_from_dict
-from dytrim.debias.baseline import baseline_image, frozen_bn_stats, kl, prior_probe
 from dytrim.dynamics.mlp import SmallMLP
 from dytrim.dynamics.ntk import eval_mode
 from dytrim.engine.checkpoint import load_all
+from dytrim.engine.probe import baseline_image, frozen_bn_stats, kl, prior_probe
 from dytrim.models import create_model
 
 ARCHS = ("mlp", "mlp_bn", "mlp_ln", "cnn_small", "resnet_tiny", "wrn_28_2")

@@ -18,7 +18,8 @@ from torch import nn
 from dytrim.config import SSLConfig
 from dytrim.dynamics.decompose import Decomposition, LossFn, decompose_step
 from dytrim.dynamics.ntk import eval_mode
-from dytrim.ssl import create_ssl, soft_cross_entropy
+from dytrim.engine.losses import soft_cross_entropy
+from dytrim.ssl import create_ssl
 
 
 @dataclass

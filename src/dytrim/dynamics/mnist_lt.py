@@ -14,7 +14,7 @@ from dytrim.config import RunConfig, load_config
 from dytrim.data.augment import normalize, strong_augment, weak_augment
 from dytrim.data.sources import LTData, load_data
 from dytrim.dynamics.mlp import SmallMLP
-from dytrim.ssl import soft_cross_entropy
+from dytrim.engine.losses import soft_cross_entropy
 
 PRESET = "mnist-lt-fixmatch"
 

@@ -16,6 +16,29 @@ import torch.distributed as dist
 from torch import nn
 
 
+def fingerprint(obj: Any) -> str:
+    """SHA-1 of nested tensors / dicts / lists / plain values: equal on every rank when the ranks agree."""
+    import hashlib
+
+    h = hashlib.sha1()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(x, dict):
+            for k in sorted(x):
+                h.update(str(k).encode())
+                feed(x[k])
+        elif isinstance(x, list | tuple):
+            for v in x:
+                feed(v)
+        else:
+            h.update(repr(x).encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
 class Dist:
     """Rank, world size, this rank's device and the few collectives the loop needs."""
 

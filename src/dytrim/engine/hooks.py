@@ -38,20 +38,21 @@ class StepOutput:
     targets: torch.Tensor | None  # [Bu, C]
     mask: torch.Tensor | None  # [Bu]
     logits_ulb_w: torch.Tensor | None  # [Bu, C] weak-view logits after pseudo_logits hooks
+    logits_ulb_w_raw: torch.Tensor | None = None  # [Bu, C] the same before any pseudo_logits hook
 
 
 class Component:
     """A debiasing/pruning component. Every hook is a no-op by default.
 
-    Order within a step: before_step -> (samplers) -> weight -> (forward) -> pseudo_logits ->
-    weight_unlabeled -> train_logits -> (loss, backward, optimiser, EMA) -> observe -> clock_rate.
-    At evaluation: eval_logits, chained over the components in config order, then eval_fields.
+    Built by its registered factory as `factory(cfg, ctx)`: the run's config (a component reads its own section)
+    and the `RunContext` (engine/context.py), which is all it sees of the run.
+    Order within a step: [the loop's probe z(I), if `uses_probe`] -> before_step -> (samplers) -> weight ->
+    (forward) -> pseudo_logits -> weight_unlabeled -> train_logits -> (loss, backward, optimiser, EMA) -> observe
+    -> clock_rate. At evaluation: eval_logits, chained over the components in config order, then eval_fields.
     """
 
     name = "component"
-
-    def bind(self, trainer: Any) -> None:
-        """Called once with the Trainer before training (model, EMA, data, config are reachable)."""
+    uses_probe = False  # True: the loop computes ctx.z_I (train-mode z(I), no gradient) at the start of each step
 
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> Any | None:
         """Replace the labeled sampler (re-sampling); None keeps the default epoch sampler."""

@@ -11,125 +11,84 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import signal
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from dytrim.config import ConfigError, RunConfig, dump_yaml
+from dytrim.config import ConfigError, dump_yaml
 from dytrim.data.augment import normalize, strong_augment, weak_augment
-from dytrim.data.sources import LTData, load_data
-from dytrim.debias import create_components
-from dytrim.debias.baseline import baseline_image, prior_probe
 from dytrim.engine import rng as rng_state
 from dytrim.engine import runlog
-from dytrim.engine.accel import (
-    CompiledForward,
-    autocast,
-    cpu_facts,
-    make_deterministic,
-    resolve_compile,
-    resolve_precision,
-)
-from dytrim.engine.checkpoint import atomic_write_text, checkpoint_paths, load_latest, save_checkpoint
-from dytrim.engine.distributed import Dist
-from dytrim.engine.ema import EMATeacher
+from dytrim.engine.accel import autocast, cpu_facts
+from dytrim.engine.build import RunParts
+from dytrim.engine.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from dytrim.engine.context import RunContext
+from dytrim.engine.distributed import fingerprint
 from dytrim.engine.evaluate import predict_logits
 from dytrim.engine.hooks import Batch, Component, StepOutput
-from dytrim.engine.optim import build_optimizer, lr_at, set_lr
+from dytrim.engine.optim import lr_at, set_lr
+from dytrim.engine.probe import prior_probe, step_probe
 from dytrim.engine.sampler import EpochSampler
+from dytrim.engine.step import PseudoLabeler, StepFunction
 from dytrim.engine.stop import Stopped, StopRequest
-from dytrim.engine.tensorboard import TensorBoardLog, require_tensorboard
+from dytrim.engine.tensorboard import TensorBoardLog
 from dytrim.metrics import classification_metrics
-from dytrim.models import create_model
-from dytrim.models.pretrained import LoadReport, load_pretrained
 from dytrim.resume import check_checkpoint_config, check_data_files
-from dytrim.ssl import create_ssl, soft_cross_entropy
 
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops and keeps its last good checkpoint."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Trainer:
-    """Builds everything from a RunConfig and trains; `components` are the debiasers (hooks.py).
+    """Trains one run: its parts (engine/build.py), an SSL base and the components (engine/hooks.py), given by
+    `dytrim.factory.build_trainer`; `ctx` is what the components see of the run."""
 
-    `resume=True` with a checkpoint in `out_dir`: the weights will come from it, so model.pretrained is not read."""
-
-    def __init__(
-        self, cfg: RunConfig, out_dir: Path, components: list[Component] | None = None, resume: bool = False
-    ) -> None:
-        self.cfg, self.out = cfg, Path(out_dir)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        if cfg.train.tensorboard:
-            require_tensorboard()  # before any work: the fix in one line
-        self.device = resolve_device(cfg.train.device)
-        self.dist = Dist.from_env(self.device)  # torchrun: this rank's slice of every global batch
-        self.device = self.dist.device  # under torchrun on CUDA: cuda:LOCAL_RANK
-        if cfg.train.deterministic:
-            make_deterministic(self.device)
-        for key, size in (("train.batch_size", cfg.train.batch_size),
-                          ("train.uratio", cfg.train.batch_size * cfg.train.uratio)):
-            if size % self.dist.world:
-                raise ConfigError(f"{key}: a global batch of {size} does not split over {self.dist.world} processes; "
-                                  "make the batch sizes divisible by --nproc_per_node")
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        self.data: LTData = load_data(cfg.data, cfg.seed, self.device)
-        d = self.data
-        self.model = create_model(cfg.model.name, d.num_classes, in_channels=d.in_channels)
-        fresh = not (resume and checkpoint_paths(self.out))  # on resume the checkpoint has the weights
-        self.pretrained = _load_pretrained(self.model, cfg.model) if cfg.model.pretrained and fresh else None
-        self.model = self.model.to(self.device)
-        if cfg.model.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.model.train()
-        self.dist.broadcast_module(self.model)
-        self.precision = resolve_precision(cfg.train.precision, self.device)  # "bf16" | "fp32"
-        self.compiled = resolve_compile(cfg.train.compile, cfg.train.steps, self.device, self.precision)
-        self.forward_fn = CompiledForward(self.model) if self.compiled else self.model  # training forward only
-        self.ema = EMATeacher(self.model, cfg.optim.ema_decay, cfg.optim.ema_buffers)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.ssl = create_ssl(cfg.ssl, d.num_classes, len(d.ulb_idx))
-        self.components = create_components(cfg, d.split.lb_counts) + list(components or [])
-        lb_seed, lb_labels = cfg.seed * 1000 + 1, d.y_train[d.lb_idx]
-        custom = [s for c in self.components if (s := c.labeled_sampler(lb_labels, cfg.train.batch_size, lb_seed))]
+    def __init__(self, parts: RunParts, ssl: PseudoLabeler, components: list[Component], ctx: RunContext) -> None:
+        self.parts, self.ssl, self.components, self.ctx = parts, ssl, list(components), ctx
+        self.cfg, self.out, self.device, self.dist = parts.cfg, parts.out, parts.device, parts.dist
+        self.data, self.model, self.ema, self.optimizer = parts.data, parts.model, parts.ema, parts.optimizer
+        self.forward_fn = parts.forward_fn
+        self.pretrained, self.precision, self.compiled = parts.pretrained, parts.precision, parts.compiled
+        self.progress = ctx.progress
+        cfg, d = self.cfg, self.data
+        self.step_fn = StepFunction(ssl, self.components, d.num_classes, cfg.ssl.lambda_u, self.dist)
+        self.uses_probe = any(c.uses_probe for c in self.components)  # no component asks: no probe forward
+        lb_seed = cfg.seed * 1000 + 1
+        custom = [s for c in self.components
+                  if (s := c.labeled_sampler(d.y_train[d.lb_idx], cfg.train.batch_size, lb_seed))]
         self.lb_sampler = custom[0] if custom else EpochSampler(len(d.lb_idx), cfg.train.batch_size, lb_seed)
         ulb_seed, ulb_bs = cfg.seed * 1000 + 2, max(1, cfg.train.batch_size * cfg.train.uratio)
         custom = [s for c in self.components if (s := c.unlabeled_sampler(len(d.ulb_idx), ulb_bs, ulb_seed))]
         self.ulb_sampler = custom[0] if custom else EpochSampler(len(d.ulb_idx), ulb_bs, ulb_seed)
         aug_seed = cfg.seed * 1000 + 3 + 7919 * self.dist.rank  # per-rank augmentation, reproducible
         self.aug_gen = torch.Generator(device=self.device).manual_seed(aug_seed)
-        counts = torch.tensor(d.split.lb_counts, dtype=torch.float64)
-        self.lb_prior = counts / counts.sum()
-        self.probe_image = baseline_image(cfg.debias.baseline, d.in_channels, *d.x_train.shape[2:], self.device)
-        for c in self.components:
-            c.bind(self)
-        self.step = 0  # the schedule clock: LR, evaluation, debias start and annealing read it
-        self.clock = 0.0  # its exact value; advances by 1 per update, or more when pruning shrinks epochs
-        self.updates = 0  # optimiser updates done
-        self.samples_fwd = 0  # training images through a forward pass (weak + labeled + strong views)
-        self.samples_bwd = 0  # training images whose loss was back-propagated (labeled + strong views)
         self.train_s = 0.0  # wall time spent in training steps (evaluation excluded)
         self.wall_s = 0.0  # total wall time of the run, carried across resumes
-        self.samples_seen = 0
         self.restored_from: Path | None = None  # the checkpoint `restore` loaded
         self._first_bad = torch.tensor(-1, device=self.device)  # first step with a non-finite loss (-1: none)
         self._bad_loss = torch.tensor(0.0, dtype=torch.float64, device=self.device)  # its value
+
+    @property
+    def step(self) -> int:
+        """The schedule clock (LR, evaluation, debias start and annealing read it)."""
+        return self.progress.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.progress.step = value
+
+    @property
+    def clock(self) -> float:
+        return self.progress.clock
+
+    @property
+    def updates(self) -> int:
+        return self.progress.updates
 
     # ------------------------------------------------------------------ one step
     def _views(self) -> Batch:
@@ -171,55 +130,28 @@ class Trainer:
             return outs
 
     def train_step(self) -> dict[str, float]:
-        cfg, step = self.cfg, self.step
+        """One update: [probe z(I)] -> [before_step] -> views -> the step function -> backward, optimiser, EMA ->
+        [observe] -> the clock advances."""
+        cfg, step, p = self.cfg, self.step, self.progress
+        if self.uses_probe:  # train-mode z(I), no gradient; like the reference it moves the BN running buffers
+            self.ctx.z_I = step_probe(self.model, self.ctx.baseline)
         for c in self.components:
             c.before_step(step)
         batch = self._views()
-        for c in self.components:
-            c.weight(batch, step)
-        ulb = self.ssl.uses_unlabeled
-        # reference order: weak unlabeled (no grad), then labeled, then each strong view
-        if ulb:
-            n_s = len(batch.x_ulb_s)
-            outs = self._forward([batch.x_ulb_w, batch.x_lb, *batch.x_ulb_s], [False] + [True] * (n_s + 1))
-            logits_w, logits_lb, logits_s = outs[0].detach(), outs[1], outs[2:]
-        else:
-            logits_lb = self._forward([batch.x_lb], [True])[0]
-        for c in self.components:
-            logits_lb = c.train_logits(logits_lb, True, step)
-        y_onehot = torch.nn.functional.one_hot(batch.y_lb, self.data.num_classes).float()
-        loss_lb = soft_cross_entropy(logits_lb.float(), y_onehot)
-        loss = (loss_lb * batch.w_lb).mean()
-        stats = {"loss_x": loss_lb.detach().mean()}  # device scalars: read at evaluation, not per step
-        out = StepOutput(loss_lb=loss_lb.detach(), loss_ulb=None, targets=None, mask=None, logits_ulb_w=None)
-        obs_batch, ulb_pos_g = batch, None
-        if ulb:
-            # pseudo-labels of the global batch on every rank, so thresholds and class status stay in sync
-            logits_w, ulb_pos_g = self.dist.gather(logits_w), self.dist.gather(batch.ulb_pos)
-            for c in self.components:
-                logits_w = c.pseudo_logits(logits_w, step)
-            targets_g, mask_g = self.ssl.pseudo_targets(logits_w, ulb_pos_g)
-            targets, mask = self.dist.shard(targets_g), self.dist.shard(mask_g)
-            for c in self.components:
-                c.weight_unlabeled(batch, targets, mask, step)
-            per_view = []
-            for z in logits_s:
-                for c in self.components:
-                    z = c.train_logits(z, False, step)
-                per_view.append(soft_cross_entropy(z.float(), targets) * mask)
-            loss_ulb = torch.stack(per_view)  # [n_strong, Bu]
-            loss_u = (loss_ulb * batch.w_ulb).mean()  # mean over n_strong * Bu terms, as the reference
-            extra = self.ssl.extra_loss(torch.cat(logits_s), targets, mask)
-            loss = loss + cfg.ssl.lambda_u * loss_u + (extra if extra is not None else 0.0)
-            true_u = self.data.y_train[self.data.ulb_idx[ulb_pos_g]]  # -1 = unknown (your own unlabeled folder)
-            hit = (targets_g.argmax(-1) == true_u).float()
-            known = mask_g * (true_u >= 0).float()
-            stats |= {"loss_u": loss_u.detach(), "mask_rate": mask_g.mean(),
+        res = self.step_fn.run(batch, self._forward, step)
+        loss = res.loss
+        stats = {"loss_x": res.loss_lb.detach().mean()}  # device scalars: read at evaluation, not per step
+        out = res.output()
+        if res.targets is not None and res.mask is not None and res.loss_u is not None:
+            true_u = self.data.y_train[self.data.ulb_idx[res.ulb_pos]]  # -1 = unknown (your own unlabeled folder)
+            hit = (res.targets.argmax(-1) == true_u).float()
+            known = res.mask * (true_u >= 0).float()
+            stats |= {"loss_u": res.loss_u, "mask_rate": res.mask.mean(),
                       "pseudo_acc": (hit * known).sum() / known.sum().clamp_min(1e-12),
                       "_has_truth": (true_u >= 0).any()}  # pseudo_acc is logged only where labels are known
-            out = StepOutput(out.loss_lb, loss_ulb.detach(), targets_g, mask_g, logits_w)
+        obs_batch = batch
         if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch
-            obs_batch, out = self._global_view(batch, out, ulb_pos_g)
+            obs_batch, out = self._global_view(batch, out, res.ulb_pos)
         # a non-finite loss is recorded on the device (no sync) and acted on before the next evaluation or checkpoint
         bad = ~torch.isfinite(loss.detach())
         self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
@@ -234,13 +166,13 @@ class Trainer:
         self.ema.update(self.model, cfg.optim.ema_wd * lr)
         for c in self.components:
             c.observe(obs_batch, out, step)
-        self.clock += max((c.clock_rate() for c in self.components), default=1.0)
-        self.step = min(int(self.clock + 1e-9), cfg.train.steps)
-        self.updates += 1
-        n_lb, n_ulb = len(obs_batch.lb_pos), (len(obs_batch.ulb_pos) if ulb else 0)
-        self.samples_seen += n_lb + n_ulb
-        self.samples_fwd += n_lb + n_ulb * (1 + len(batch.x_ulb_s))
-        self.samples_bwd += n_lb + n_ulb * len(batch.x_ulb_s)
+        p.clock += max((c.clock_rate() for c in self.components), default=1.0)
+        p.step = min(int(p.clock + 1e-9), cfg.train.steps)
+        p.updates += 1
+        n_lb, n_ulb = len(obs_batch.lb_pos), (len(obs_batch.ulb_pos) if obs_batch.ulb_pos is not None else 0)
+        p.samples_seen += n_lb + n_ulb
+        p.samples_fwd += n_lb + n_ulb * (1 + len(batch.x_ulb_s))
+        p.samples_bwd += n_lb + n_ulb * len(batch.x_ulb_s)
         stats["loss"] = loss.detach()
         if self.dist.world > 1:  # losses: mean over ranks (the global-batch loss)
             keys = [k for k in ("loss", "loss_x", "loss_u") if k in stats]
@@ -268,7 +200,7 @@ class Trainer:
         if ulb_pos_g is not None and out.loss_ulb is not None:
             glob.ulb_pos, glob.w_ulb = ulb_pos_g, g(batch.w_ulb)
             loss_ulb = g(out.loss_ulb.T.contiguous()).T  # [n_strong, global Bu]
-        return glob, StepOutput(g(out.loss_lb), loss_ulb, out.targets, out.mask, out.logits_ulb_w)
+        return glob, StepOutput(g(out.loss_lb), loss_ulb, out.targets, out.mask, out.logits_ulb_w, out.logits_ulb_w_raw)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = False) -> dict[str, Any]:
@@ -291,7 +223,7 @@ class Trainer:
         if changed:
             row |= classification_metrics(adjusted.argmax(-1), y, d.num_classes, d.split.lb_counts, "_debiased")
         row["eval_n"] = len(y)
-        row |= prior_probe(self.ema.model, self.probe_image, self.lb_prior)
+        row |= prior_probe(self.ema.model, self.ctx.baseline, self.ctx.lb_prior)
         for c in self.components:
             row |= c.eval_fields()
         if self.dist.world > 1:  # every rank must hold the same weights, algorithm state and kept sets
@@ -300,42 +232,25 @@ class Trainer:
 
     def _fingerprint(self) -> str:
         """Hash of the weights, SSL state, component state (DyTrim's scores and weights) and sampler lists."""
-        import hashlib
-
-        h = hashlib.sha1()
-
-        def feed(obj: Any) -> None:
-            if isinstance(obj, torch.Tensor):
-                h.update(obj.detach().cpu().contiguous().numpy().tobytes())
-            elif isinstance(obj, dict):
-                for k in sorted(obj):
-                    h.update(str(k).encode())
-                    feed(obj[k])
-            elif isinstance(obj, list | tuple):
-                for v in obj:
-                    feed(v)
-            else:
-                h.update(repr(obj).encode())
-
-        feed(dict(self.model.state_dict()))
-        feed(self.ssl.state_dict())
-        feed({c.name: c.state_dict() for c in self.components})
-        feed([self.lb_sampler.state_dict(), self.ulb_sampler.state_dict()])
-        return h.hexdigest()
+        return fingerprint([dict(self.model.state_dict()), self.ssl.state_dict(),
+                            {c.name: c.state_dict() for c in self.components},
+                            [self.lb_sampler.state_dict(), self.ulb_sampler.state_dict()]])
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything to continue exactly; with several processes, every rank's RNG states (a collective)."""
         rng = rng_state.capture(self.aug_gen)
+        p = self.progress
         return {
-            "step": self.step,
-            "clock": self.clock,
-            "updates": self.updates,
-            "samples_fwd": self.samples_fwd,
-            "samples_bwd": self.samples_bwd,
+            "step": p.step,
+            "clock": p.clock,
+            "updates": p.updates,
+            "samples_fwd": p.samples_fwd,
+            "samples_bwd": p.samples_bwd,
             "train_s": self.train_s,
             "wall_s": self.wall_s,
-            "samples_seen": self.samples_seen,
+            "samples_seen": p.samples_seen,
+            "probe_z_I": self.ctx.z_I,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -349,11 +264,13 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.train_s, self.wall_s = state["step"], state["train_s"], state["wall_s"]
-        self.samples_seen = state["samples_seen"]
-        self.clock = float(state.get("clock", self.step))
-        self.updates = int(state.get("updates", self.step))
-        self.samples_fwd, self.samples_bwd = int(state.get("samples_fwd", 0)), int(state.get("samples_bwd", 0))
+        p = self.progress
+        p.step, self.train_s, self.wall_s = state["step"], state["train_s"], state["wall_s"]
+        p.samples_seen = state["samples_seen"]
+        p.clock = float(state.get("clock", p.step))
+        p.updates = int(state.get("updates", p.step))
+        p.samples_fwd, p.samples_bwd = int(state.get("samples_fwd", 0)), int(state.get("samples_bwd", 0))
+        self.ctx.z_I = state.get("probe_z_I")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -399,10 +316,10 @@ class Trainer:
             "loss": round(stats["loss"], 5),
             **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
             "wall_s": round(wall_s, 2),
-            "images_per_s": round(self.samples_seen / max(self.train_s, 1e-9), 2),
-            "updates": self.updates,
-            "samples_fwd": self.samples_fwd,
-            "samples_bwd": self.samples_bwd,
+            "images_per_s": round(self.progress.samples_seen / max(self.train_s, 1e-9), 2),
+            "updates": self.progress.updates,
+            "samples_fwd": self.progress.samples_fwd,
+            "samples_bwd": self.progress.samples_bwd,
         }
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -477,8 +394,9 @@ class Trainer:
         rows = runlog.read_rows(metrics_path)
         summary = runlog.summarize(rows, self.wall_s, self.step)
         summary["train_s"] = round(self.train_s, 2)
-        summary["images_per_s"] = round(self.samples_seen / max(self.train_s, 1e-9), 2)
-        summary |= {"updates": self.updates, "samples_fwd": self.samples_fwd, "samples_bwd": self.samples_bwd}
+        p = self.progress
+        summary["images_per_s"] = round(p.samples_seen / max(self.train_s, 1e-9), 2)
+        summary |= {"updates": p.updates, "samples_fwd": p.samples_fwd, "samples_bwd": p.samples_bwd}
         if full_test is not None:
             summary["full_test"] = full_test
         summary["notes"] = (
@@ -491,18 +409,6 @@ class Trainer:
             c.on_finish(out, rows)
         self.dist.barrier()
         return summary
-
-
-def _load_pretrained(model: torch.nn.Module, mcfg: Any) -> LoadReport:
-    """model.pretrained: copy the file's matching tensors into the fresh model; anything not clean is warned."""
-    try:
-        report = load_pretrained(model, Path(mcfg.pretrained).expanduser(), key=mcfg.pretrained_key or None)
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"model.pretrained: cannot load '{mcfg.pretrained}' ({exc}); give a local "
-                          ".pt/.pth/.safetensors state_dict (model.pretrained_key picks a wrapped entry)") from exc
-    if not report.clean:
-        warnings.warn(f"model.pretrained: {report}", stacklevel=2)
-    return report
 
 
 def _json(obj: Any) -> str:

@@ -14,9 +14,11 @@ from typing import Any
 
 from torch import nn
 
+from ..config import register_choices
 from ..registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
+register_choices("model.name", MODELS.names)  # the config accepts exactly the registered names
 register_model = MODELS.register
 
 

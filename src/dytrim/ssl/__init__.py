@@ -3,6 +3,6 @@
 from dytrim.ssl import fixmatch as _fixmatch  # noqa: F401  (registers fixmatch and supervised)
 from dytrim.ssl import flexmatch as _flexmatch  # noqa: F401  (registers flexmatch)
 from dytrim.ssl import freematch as _freematch  # noqa: F401  (registers freematch)
-from dytrim.ssl.base import ALGORITHMS, SSLAlgorithm, create_ssl, soft_cross_entropy
+from dytrim.ssl.base import ALGORITHMS, SSLAlgorithm, create_ssl
 
-__all__ = ["ALGORITHMS", "SSLAlgorithm", "create_ssl", "soft_cross_entropy"]
+__all__ = ["ALGORITHMS", "SSLAlgorithm", "create_ssl"]

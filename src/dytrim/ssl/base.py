@@ -5,20 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from dytrim.config import SSLConfig
+from dytrim.config import SSLConfig, register_choices
 from dytrim.registry import Registry
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-sample -sum_c t_c log softmax(z)_c; [N, C] logits and target distributions -> [N].
-
-    With one-hot targets this is the ordinary cross-entropy. (The reference code takes
-    log(softmax + 1e-8); the difference is below 1e-8 per unit of target mass until a probability
-    underflows, where ours stays finite and exact.)
-    """
-    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
 
 
 class SSLAlgorithm:
@@ -50,6 +39,7 @@ class SSLAlgorithm:
 
 
 ALGORITHMS: Registry[SSLAlgorithm] = Registry("SSL algorithm")
+register_choices("ssl.name", ALGORITHMS.names)  # the config accepts exactly the registered names
 
 
 def create_ssl(cfg: SSLConfig, num_classes: int, num_ulb: int) -> SSLAlgorithm:

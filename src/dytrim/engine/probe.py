@@ -34,6 +34,13 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
+def step_probe(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """The per-step z(I) [C] that CDMAD and DyTrim read: the model as it is (train mode in training, so like the
+    reference code it moves the BN running buffers), no gradient, in fp32."""
+    return model(image)[0].float()
+
+
+@torch.no_grad()
 def baseline_logits(model: nn.Module, image: torch.Tensor, mode: str) -> torch.Tensor:
     """z(I) [C] with BN in `mode`: "eval" (running statistics) or "train" (the image's own statistics,
     running buffers left untouched)."""

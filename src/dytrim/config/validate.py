@@ -1,0 +1,95 @@
+"""Range and choice checks of a whole config, before any work; each error names its key and the fix."""
+
+from __future__ import annotations
+
+from dytrim.config.keys import CHOICES, all_keys, get_key
+from dytrim.config.schema import ConfigError, RunConfig, require
+from dytrim.suggest import did_you_mean
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range and choice checks that need no data; data-dependent checks happen in the split builder."""
+    flat = {k: get_key(cfg, k) for k in all_keys(cfg)}
+    for key, choices in CHOICES.items():
+        if isinstance(flat[key], list):
+            continue  # debias.methods: checked name by name below
+        require(flat[key] in choices, key, f"must be one of {', '.join(choices)}; got '{flat[key]}'."
+                f"{did_you_mean(str(flat[key]), choices)}")
+    d, s, o, t, a = cfg.data, cfg.ssl, cfg.optim, cfg.train, cfg.aug
+    require(d.imb_ratio_l >= 1, "data.imb_ratio_l", f"gamma_l must be >= 1 (1 = balanced); got {d.imb_ratio_l}")
+    require(
+        d.imb_ratio_u >= 1,
+        "data.imb_ratio_u",
+        f"gamma_u must be >= 1 (1 = uniform; use data.reverse_u=true to reverse); got {d.imb_ratio_u}",
+    )
+    require(d.n1 >= 1, "data.n1", f"must be >= 1; got {d.n1}")
+    require(d.m1 >= 0, "data.m1", f"must be >= 0; got {d.m1}")
+    require(d.test_per_class >= 1, "data.test_per_class", f"must be >= 1; got {d.test_per_class}")
+    require(d.eval_subset >= 0, "data.eval_subset", f"must be >= 0 (0 = whole test set); got {d.eval_subset}")
+    require(d.image_size >= 16, "data.image_size", f"must be >= 16 (smallest model input); got {d.image_size}")
+    folder_keys = [k for k in ("labeled_dir", "unlabeled_dir", "test_dir") if getattr(d, k)]
+    if d.name != "folder" and folder_keys:
+        raise ConfigError(
+            f"data.{folder_keys[0]}: only read with data.name=folder (data.name is '{d.name}'); "
+            "set data.name=folder to train on your own image folders, or drop the key"
+        )
+    if d.name == "folder":
+        require(bool(d.labeled_dir), "data.labeled_dir",
+                "data.name=folder needs a folder with one sub-folder per class")
+        require(0 <= d.holdout < 1, "data.holdout", f"must be in [0, 1); got {d.holdout}")
+        require(
+            bool(d.test_dir) or d.holdout > 0,
+            "data.holdout",
+            "no test set: set data.test_dir to a folder laid out like data.labeled_dir, or data.holdout > 0",
+        )
+        require(d.channels in (1, 3), "data.channels", f"must be 3 (RGB) or 1 (grayscale); got {d.channels}")
+        require(
+            bool(d.unlabeled_dir) or d.pool == "paper" or s.name == "supervised",
+            "data.unlabeled_dir",
+            f"{s.name} with data.pool=disjoint needs unlabeled images: set data.unlabeled_dir (or data.pool=paper)",
+        )
+    require(0 <= s.p_cutoff <= 1, "ssl.p_cutoff", f"must be in [0, 1]; got {s.p_cutoff}")
+    require(s.temperature > 0, "ssl.temperature", f"must be > 0; got {s.temperature}")
+    require(s.lambda_u >= 0, "ssl.lambda_u", f"must be >= 0; got {s.lambda_u}")
+    require(s.n_strong >= 1, "ssl.n_strong", f"must be >= 1; got {s.n_strong}")
+    require(0 <= s.ema_p < 1, "ssl.ema_p", f"must be in [0, 1); got {s.ema_p}")
+    require(s.lambda_e >= 0, "ssl.lambda_e", f"must be >= 0; got {s.lambda_e}")
+    require(o.lr > 0, "optim.lr", f"must be > 0; got {o.lr}")
+    require(0 <= o.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1); got {o.ema_decay}")
+    require(o.ema_wd >= 0 and o.ema_wd * o.lr < 1, "optim.ema_wd", "must be >= 0 with ema_wd * lr < 1")
+    require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0; got {o.weight_decay}")
+    require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0; got {o.warmup_steps}")
+    require(t.steps >= 1, "train.steps", f"must be >= 1; got {t.steps}")
+    require(t.eval_every >= 1, "train.eval_every", f"must be >= 1; got {t.eval_every}")
+    require(t.batch_size >= 1, "train.batch_size", f"must be >= 1; got {t.batch_size}")
+    require(t.uratio >= 0, "train.uratio", f"must be >= 0; got {t.uratio}")
+    require(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1; got {t.eval_batch_size}")
+    require(t.ckpt_every >= 0, "train.ckpt_every", f"must be >= 0; got {t.ckpt_every}")
+    require(t.keep_ckpts >= 1, "train.keep_ckpts", f"must be >= 1; got {t.keep_ckpts}")
+    require(t.threads >= 0, "train.threads", f"must be >= 0; got {t.threads}")
+    require(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+        "train.device",
+        f"must be auto, cpu, cuda or cuda:N; got '{t.device}'",
+    )
+    methods = CHOICES["debias.methods"]
+    for m in cfg.debias.methods:
+        if m not in methods:
+            raise ConfigError(f"debias.methods: unknown method '{m}'.{did_you_mean(m, methods)} Known: "
+                              f"{', '.join(methods)}")
+    require(len(set(cfg.debias.methods)) == len(cfg.debias.methods), "debias.methods", "a method is listed twice")
+    require(
+        not {"resample", "dytrim"} <= set(cfg.debias.methods),
+        "debias.methods",
+        "resample and dytrim both replace the labeled sampler; list only one of them",
+    )
+    require(cfg.debias.start >= 0, "debias.start", f"must be >= 0; got {cfg.debias.start}")
+    for name in cfg.sections:  # each component's own section: its CHOICES (above) and its checks
+        check = getattr(cfg.sections[name], "check", None)
+        if check is not None:
+            check(cfg)
+    require(a.pad >= 0 and a.cutout >= 0 and a.n_ops >= 0, "aug", "pad, cutout and n_ops must be >= 0")
+    require(0 <= a.magnitude <= 30, "aug.magnitude", f"must be in [0, 30]; got {a.magnitude}")
+    if s.name != "supervised":
+        require(t.uratio >= 1, "train.uratio", f"{s.name} needs unlabeled images: set uratio >= 1")
+        require(d.m1 >= 1, "data.m1", f"{s.name} needs unlabeled images: set data.m1 >= 1")

@@ -1,0 +1,65 @@
+"""What a debiasing component may see of a run: a narrow, typed context built once by the loop.
+
+Components never touch the Trainer. They read the models, the class counts and prior, the image shape and the
+step clock here, and the loop's per-step probe z(I) of the baseline image: computed once per step, before any
+hook, only when some component asks for it (`Component.uses_probe`), and shared by all of them. A run without
+such a component gains no forward pass (a train-mode forward would move the BN running statistics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dytrim.engine.probe import baseline_logits
+
+
+@dataclass
+class Progress:
+    """The schedule clock and the work counters of a run: advanced by the loop, read by components and logs."""
+
+    total_steps: int  # train.steps
+    step: int = 0  # the schedule clock: LR, evaluation, debias start and annealing read it
+    clock: float = 0.0  # its exact value; advances by 1 per update, or more when pruning shrinks epochs
+    updates: int = 0  # optimiser updates done
+    samples_fwd: int = 0  # training images through a forward pass (weak + labeled + strong views)
+    samples_bwd: int = 0  # training images whose loss was back-propagated (labeled + strong views)
+    samples_seen: int = 0  # labeled + unlabeled images drawn
+
+
+@dataclass
+class RunContext:
+    """The run as components see it (built by `engine.build.run_context`)."""
+
+    model: nn.Module  # the student being trained (train mode)
+    ema_model: nn.Module  # the EMA teacher: every evaluation and prediction uses it
+    device: torch.device
+    seed: int
+    classes: list[str]
+    lb_counts: list[int]  # labeled images per class
+    lb_labels: torch.Tensor  # [N_lb] class of each position of the labeled pool (CPU)
+    n_ulb: int  # size of the unlabeled pool
+    image_shape: tuple[int, int, int]  # (C, H, W) of the network's input
+    uses_unlabeled: bool  # the SSL base trains on unlabeled data
+    progress: Progress
+    baseline: torch.Tensor  # the baseline image I [1, C, H, W] in normalised input space (debias.baseline)
+    z_I: torch.Tensor | None = None  # [C] this step's z(I) of the train-mode student (set by the loop on request)
+    lb_prior: torch.Tensor = field(init=False)  # [C] labeled class frequency, float64 on the CPU
+
+    def __post_init__(self) -> None:
+        counts = torch.tensor(self.lb_counts, dtype=torch.float64)
+        self.lb_prior = counts / counts.sum()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.lb_counts)
+
+    @property
+    def n_lb(self) -> int:
+        return len(self.lb_labels)
+
+    def ema_baseline_logits(self, mode: str) -> torch.Tensor:
+        """z(I) [C] of the EMA model with its BN in `mode` ("eval": running statistics; "train": the image's own)."""
+        return baseline_logits(self.ema_model, self.baseline, mode)

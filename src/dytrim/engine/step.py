@@ -1,0 +1,149 @@
+"""The one step function: from a batch's views to its loss, through the components' hooks in their fixed order.
+
+Training (engine/loop.py) and the analysis tools (dytrim/dynamics) both call it, so the hook order is written
+once: [weight] -> forward (weak unlabeled without gradient, labeled, each strong view) -> [train_logits] on the
+labeled logits -> [pseudo_logits] -> pseudo-labels (SSL base) -> [weight_unlabeled] -> [train_logits] on each
+strong view -> per-sample soft cross-entropies x weights. Who draws the batch, how the forward runs (precision,
+BN mode, compiled or not) and what happens to the loss (backward, or a gradient decomposition) is the caller's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from dytrim.engine.hooks import Batch, Component, StepOutput
+from dytrim.engine.losses import soft_cross_entropy
+
+#: forward(inputs, grad) -> logits per input; grad[i] False: no graph for input i
+Forward = Callable[[list[torch.Tensor], list[bool]], list[torch.Tensor]]
+
+
+class PseudoLabeler(Protocol):
+    """The part of an SSL base the step uses (dytrim.ssl.base.SSLAlgorithm)."""
+
+    uses_unlabeled: bool
+
+    def pseudo_targets(self, logits_w: torch.Tensor, ulb_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def extra_loss(self, logits_s: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Collectives(Protocol):
+    """Gather / shard of the global batch (engine.distributed.Dist; the identity with one process)."""
+
+    world: int
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def shard(self, t: torch.Tensor) -> torch.Tensor: ...
+
+
+class Alone:
+    """One process: the global batch is this process's batch."""
+
+    world = 1
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def shard(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+@dataclass
+class StepResult:
+    """What one step computed. Unlabeled targets, mask, weak logits and positions are of the global batch."""
+
+    loss: torch.Tensor  # the scalar that is back-propagated
+    loss_lb: torch.Tensor  # [B] unweighted per-sample supervised loss (with its graph)
+    loss_ulb: torch.Tensor | None  # [n_strong, Bu] unweighted masked consistency loss (this process's slice)
+    loss_u: torch.Tensor | None  # the weighted consistency mean (detached)
+    targets: torch.Tensor | None  # [global Bu, C]
+    mask: torch.Tensor | None  # [global Bu]
+    logits_w: torch.Tensor | None  # [global Bu, C] weak logits after the pseudo_logits hooks
+    logits_w_raw: torch.Tensor | None  # the same before them
+    ulb_pos: torch.Tensor | None  # [global Bu] unlabeled positions
+
+    def output(self) -> StepOutput:
+        """The per-sample view handed to `observe` (this process's losses; global targets and mask)."""
+        loss_ulb = self.loss_ulb.detach() if self.loss_ulb is not None else None
+        return StepOutput(self.loss_lb.detach(), loss_ulb, self.targets, self.mask, self.logits_w, self.logits_w_raw)
+
+
+def _wide(z: torch.Tensor) -> torch.Tensor:
+    """Logits in fp32 for the losses (fp64 kept, for the analysis tools' exact gradients)."""
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
+class StepFunction:
+    """A step's computation for one SSL base and its stack of components."""
+
+    def __init__(
+        self, ssl: PseudoLabeler, components: Sequence[Component], num_classes: int, lambda_u: float,
+        dist: Collectives | None = None,
+    ) -> None:
+        self.ssl, self.components, self.num_classes, self.lambda_u = ssl, list(components), num_classes, lambda_u
+        self.dist = dist or Alone()
+
+    def supervised_loss(self, logits_lb: torch.Tensor, y_lb: torch.Tensor, step: int) -> torch.Tensor:
+        """[B] unweighted cross-entropy of the labeled logits after the train_logits hooks."""
+        for c in self.components:
+            logits_lb = c.train_logits(logits_lb, True, step)
+        logits_lb = _wide(logits_lb)
+        return soft_cross_entropy(logits_lb, torch.nn.functional.one_hot(y_lb, self.num_classes).to(logits_lb.dtype))
+
+    def consistency_loss(
+        self, logits_s: Sequence[torch.Tensor], targets: torch.Tensor, mask: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        """[n_strong, Bu] masked soft cross-entropy of each strong view after the train_logits hooks."""
+        per_view = []
+        for z in logits_s:
+            for c in self.components:
+                z = c.train_logits(z, False, step)
+            z = _wide(z)
+            per_view.append(soft_cross_entropy(z, targets.to(z.dtype)) * mask)
+        return torch.stack(per_view)
+
+    def pseudo_labels(
+        self, logits_w: torch.Tensor, ulb_pos: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(targets, mask, adjusted weak logits) of the global batch from its weak logits (pseudo_logits hooks,
+        then the SSL base's rule)."""
+        for c in self.components:
+            logits_w = c.pseudo_logits(logits_w, step)
+        targets, mask = self.ssl.pseudo_targets(logits_w, ulb_pos)
+        return targets, mask, logits_w
+
+    def run(self, batch: Batch, forward: Forward, step: int) -> StepResult:
+        """Hooks, forward passes, pseudo-labels and the loss of one batch (the weights in `batch` are updated)."""
+        for c in self.components:
+            c.weight(batch, step)
+        if not self.ssl.uses_unlabeled:
+            loss_lb = self.supervised_loss(forward([batch.x_lb], [True])[0], batch.y_lb, step)
+            return StepResult((loss_lb * batch.w_lb).mean(), loss_lb, None, None, None, None, None, None, None)
+        assert batch.x_ulb_w is not None and batch.ulb_pos is not None and batch.w_ulb is not None
+        n_s = len(batch.x_ulb_s)  # reference order: weak unlabeled (no grad), then labeled, then each strong view
+        outs = forward([batch.x_ulb_w, batch.x_lb, *batch.x_ulb_s], [False] + [True] * (n_s + 1))
+        logits_w, logits_lb, logits_s = outs[0].detach(), outs[1], outs[2:]
+        loss_lb = self.supervised_loss(logits_lb, batch.y_lb, step)
+        loss: Any = (loss_lb * batch.w_lb).mean()
+        # pseudo-labels of the global batch on every rank, so thresholds and class status stay in sync
+        raw_g, ulb_pos_g = self.dist.gather(logits_w), self.dist.gather(batch.ulb_pos)
+        targets_g, mask_g, logits_w_g = self.pseudo_labels(raw_g, ulb_pos_g, step)
+        targets, mask = self.dist.shard(targets_g), self.dist.shard(mask_g)
+        for c in self.components:
+            c.weight_unlabeled(batch, targets, mask, step)
+        loss_ulb = self.consistency_loss(logits_s, targets, mask, step)
+        loss_u = (loss_ulb * batch.w_ulb).mean()  # mean over n_strong * Bu terms, as the reference
+        extra = self.ssl.extra_loss(torch.cat(logits_s), targets, mask)
+        loss = loss + self.lambda_u * loss_u + (extra if extra is not None else 0.0)
+        return StepResult(loss, loss_lb, loss_ulb, loss_u.detach(), targets_g, mask_g, logits_w_g, raw_g, ulb_pos_g)

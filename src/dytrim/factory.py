@@ -1,0 +1,29 @@
+"""Assemble a Trainer: the run's parts, then its SSL base and debiasing components from their registries.
+
+This is the one place that knows both the engine and the methods: `engine/` imports no method (they import its
+hooks), and the CLI, the benchmarks and the tests build every run through `build_trainer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from dytrim.config import RunConfig
+from dytrim.debias import create_components
+from dytrim.engine.build import build_parts, run_context
+from dytrim.engine.hooks import Component
+from dytrim.engine.loop import Trainer
+from dytrim.ssl import create_ssl
+
+
+def build_trainer(
+    cfg: RunConfig, out_dir: str | Path, resume: bool = False, extra_components: Sequence[Component] = ()
+) -> Trainer:
+    """The Trainer of `cfg` writing to `out_dir`; `extra_components` run after the configured ones (tests, tools).
+    `resume=True` with a checkpoint in `out_dir`: the weights will come from it (model.pretrained is not read)."""
+    parts = build_parts(cfg, Path(out_dir), resume)
+    ssl = create_ssl(cfg.ssl, parts.data.num_classes, len(parts.data.ulb_idx))
+    ctx = run_context(parts, ssl.uses_unlabeled)
+    components = create_components(cfg, ctx) + list(extra_components)
+    return Trainer(parts, ssl, components, ctx)

@@ -21,7 +21,8 @@ from dytrim.config import (
     load_config,
 )
 from dytrim.data.readers import DataError
-from dytrim.engine.checkpoint import CheckpointError, WriteFailure, check_writable_dir
+from dytrim.engine.checkpoint import CheckpointError, check_writable_dir
+from dytrim.fileio import WriteFailure
 from dytrim.resume import resume_config, run_traces
 
 #: Exit codes: 0 done; 1 a bug in dytrim (a traceback, please report it); 2 a user error (config, data,

@@ -37,7 +37,7 @@ from dytrim.engine.accel import (
     resolve_compile,
     resolve_precision,
 )
-from dytrim.engine.checkpoint import atomic_write_text, checkpoint_paths, load_latest, save_checkpoint
+from dytrim.engine.checkpoint import checkpoint_paths, load_latest, save_checkpoint
 from dytrim.engine.distributed import Dist
 from dytrim.engine.ema import EMATeacher
 from dytrim.engine.evaluate import predict_logits
@@ -46,6 +46,7 @@ from dytrim.engine.optim import build_optimizer, lr_at, set_lr
 from dytrim.engine.sampler import EpochSampler
 from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.engine.tensorboard import TensorBoardLog, require_tensorboard
+from dytrim.fileio import atomic_write_text
 from dytrim.metrics import classification_metrics
 from dytrim.models import create_model
 from dytrim.models.pretrained import LoadReport, load_pretrained

@@ -12,8 +12,8 @@ from PIL import Image
 from dytrim.cli import main
 from dytrim.config import ConfigError, DataConfig, load_config
 from dytrim.data import folder
+from dytrim.data.errors import DataError
 from dytrim.data.folder import load_image, read_folder_source
-from dytrim.data.readers import DataError
 from dytrim.data.sources import load_data
 
 COLOURS = {"zebra": (220, 40, 40), "ant": (40, 200, 40), "moth": (40, 40, 220)}

@@ -20,7 +20,7 @@ from dytrim.config import (
     list_presets,
     load_config,
 )
-from dytrim.data.readers import DataError
+from dytrim.data.errors import DataError
 from dytrim.engine.checkpoint import CheckpointError, check_writable_dir
 from dytrim.fileio import WriteFailure
 from dytrim.resume import resume_config, run_traces

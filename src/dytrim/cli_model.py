@@ -78,7 +78,7 @@ def _eval(args: argparse.Namespace, trained: TrainedRun) -> int:
 
 
 def _predict(args: argparse.Namespace, trained: TrainedRun) -> int:
-    from dytrim.data.readers import DataError
+    from dytrim.data.errors import DataError
     from dytrim.fileio import atomic_write_text
     from dytrim.inference import find_images, predict_files
 

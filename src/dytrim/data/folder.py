@@ -23,8 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from dytrim.config import DataConfig
+from dytrim.data.arrays import ImageArrays
+from dytrim.data.errors import DataError
 from dytrim.data.longtail import Split
-from dytrim.data.readers import DataError, ImageArrays
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CACHE_VERSION = 2  # bump when decoding changes, so old cache files are not reused

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from dytrim.config import DataConfig
+from dytrim.data.arrays import ImageArrays
+from dytrim.data.errors import DataError
+from dytrim.data.integrity import verify_file
 from dytrim.data.longtail import Split, longtail_counts
-from dytrim.data.readers import DataError, ImageArrays, verify_file
 
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SIDE = 96

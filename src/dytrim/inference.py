@@ -28,7 +28,7 @@ from dytrim.config import (
     validate,
 )
 from dytrim.data.errors import DataError
-from dytrim.data.folder import BadImage, is_image_file, list_images, load_image
+from dytrim.data.images import BadImage, is_image_file, list_images, load_image
 from dytrim.datacard import DataCard, read_card
 from dytrim.debias import create_components
 from dytrim.engine.checkpoint import load_latest

@@ -71,7 +71,7 @@ def resize_stl(raw: np.ndarray, side: int) -> np.ndarray:
 
 def _cached(cfg: DataConfig, path: Path, side: int) -> np.ndarray:
     """Resized images of one `*_X.bin`, from the cache when its (path, size, mtime, side) matches."""
-    from dytrim.data.folder import cache_root
+    from dytrim.data.cache import cache_root
 
     st = path.stat()
     key = hashlib.sha256(f"stl10|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{side}".encode()).hexdigest()[:24]

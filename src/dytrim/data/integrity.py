@@ -72,7 +72,8 @@ def _cached_sha256(path: Path) -> str:
 
 
 def check_hash(path: Path, expected: str, source: str, fix: str) -> str:
-    """The file's sha256 if it is `expected` (from `source`); else a DataError naming both hashes and `fix`."""
+    """Check the file's (cached) sha256 against `expected` from `source` and record it; a mismatch raises a DataError
+    naming both hashes and `fix`."""
     actual = _cached_sha256(path)
     if actual != expected.lower():
         raise DataError(

@@ -141,7 +141,7 @@ def make_data(out: Path, data_root: Path, test_per_class: int = 200) -> Path:
     """The CIFAR-10-LT (gamma 100, paper pool) split's training images in file order, which the paper split
     rebuilds identically (per class, the first N_k + M_k images), plus a class-balanced test subset."""
     from dytrim.config import load_config
-    from dytrim.data.readers import read_cifar
+    from dytrim.data.cifar import read_cifar
     from dytrim.data.sources import split_counts
 
     arrays = read_cifar(data_root / "cifar10.npz" if (data_root / "cifar10.npz").exists() else data_root)

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dytrim.data.cifar import CIFAR10_CLASSES, read_cifar
 from dytrim.data.longtail import longtail_counts
-from dytrim.data.readers import CIFAR10_CLASSES, read_cifar, read_mnist, read_mnist10k
+from dytrim.data.mnist import read_mnist, read_mnist10k
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

@@ -75,7 +75,7 @@ def test_split_impossible_for_data_names_key(shared_data) -> None:
 
 
 def test_missing_data_file_names_root(tmp_path) -> None:
-    from dytrim.data.readers import DataError
+    from dytrim.data.errors import DataError
     from dytrim.data.sources import load_data
 
     cfg = load_config("paper-cifar10lt-fixmatch", [f"data.root={tmp_path}"])

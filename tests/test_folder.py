@@ -11,9 +11,10 @@ from PIL import Image
 
 from dytrim.cli import main
 from dytrim.config import ConfigError, DataConfig, load_config
-from dytrim.data import folder
-from dytrim.data.folder import load_image, read_folder_source
-from dytrim.data.readers import DataError
+from dytrim.data import cache
+from dytrim.data.errors import DataError
+from dytrim.data.folder import read_folder_source
+from dytrim.data.images import load_image
 from dytrim.data.sources import load_data
 
 COLOURS = {"zebra": (220, 40, 40), "ant": (40, 200, 40), "moth": (40, 40, 220)}
@@ -102,7 +103,7 @@ def test_cache_makes_the_second_load_skip_decoding(tmp_path, monkeypatch) -> Non
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(folder, "load_image", no_decoding)
+    monkeypatch.setattr(cache, "load_image", no_decoding)
     second = read_folder_source(cfg)
     assert np.array_equal(first.x_train, second.x_train) and np.array_equal(first.y_test, second.y_test)
     assert second.info["skipped_files"]["count"] == 4  # still reported on a cache hit

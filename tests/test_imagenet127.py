@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dytrim.config import load_config
-from dytrim.data.readers import DataError
+from dytrim.data.errors import DataError
 from dytrim.data.sources import load_data
 
 COUNTS = [25, 3, 45, 15, 35]  # images per original (1-based) label 1..5

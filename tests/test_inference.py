@@ -13,7 +13,7 @@ import torch
 from test_folder import write_tree
 
 from dytrim.cli import main
-from dytrim.data.folder import list_images, load_image
+from dytrim.data.images import list_images, load_image
 from dytrim.export import load_exported
 
 CLASSES = ["ant", "moth", "zebra"]

@@ -24,7 +24,7 @@ def test_wheel_carries_presets_embedded_data_and_its_licence(tmp_path) -> None:
         names = set(z.namelist())
         npz = z.read("dytrim/data/embedded/mnist10k.npz")
         card = z.read("dytrim/data/embedded/README.md").decode()
-    from dytrim.data.readers import MNIST10K_SHA256
+    from dytrim.data.mnist import MNIST10K_SHA256
 
     assert hashlib.sha256(npz).hexdigest() == MNIST10K_SHA256
     assert "CC BY-SA 3.0" in card and MNIST10K_SHA256 in card

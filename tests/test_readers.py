@@ -11,21 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dytrim.data import readers
-from dytrim.data.readers import (
-    CIFAR10_CLASSES,
-    CIFAR100_CLASSES,
-    FASHION_MNIST_CLASSES,
-    MNIST_CLASSES,
-    DataError,
-    ImageArrays,
-    manifest_sha256,
-    read_cifar,
-    read_mnist,
-    read_mnist10k,
-    sha256_of,
-    verify_file,
-)
+from dytrim.data import integrity
+from dytrim.data.arrays import ImageArrays
+from dytrim.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, read_cifar
+from dytrim.data.errors import DataError
+from dytrim.data.integrity import manifest_sha256, sha256_of, verify_file
+from dytrim.data.mnist import FASHION_MNIST_CLASSES, MNIST10K_SHA256, MNIST_CLASSES, read_mnist, read_mnist10k
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -77,7 +68,7 @@ def test_real_manifest_hashes_pass():
     p = _shared("mnist.npz")
     assert manifest_sha256(p) == "7d42e86ac861c20acedc8b9fc4c2400535d3d1e3871b755bd29ed57099cf2bb2"
     assert verify_file(p) == manifest_sha256(p)
-    assert manifest_sha256(_shared("mnist10k.npz")) == readers.MNIST10K_SHA256
+    assert manifest_sha256(_shared("mnist10k.npz")) == MNIST10K_SHA256
     assert manifest_sha256(_shared("cifar10.npz")).startswith("a44cc18e")
 
 
@@ -284,8 +275,8 @@ def test_verify_uses_cache_and_notices_changes(tmp_path: Path, monkeypatch):
     p.write_bytes(b"hello")
     _manifest(tmp_path, "f.bin", sha256_of(p))
     calls = []
-    real = readers.sha256_of
-    monkeypatch.setattr(readers, "sha256_of", lambda q: calls.append(q) or real(q))
+    real = integrity.sha256_of
+    monkeypatch.setattr(integrity, "sha256_of", lambda q: calls.append(q) or real(q))
     verify_file(p)
     verify_file(p)
     assert len(calls) == 1  # hashed once per (path, size, mtime)

@@ -158,7 +158,7 @@ def test_exports_load_as_data(trained, tmp_path) -> None:
 def test_image_cache_with_payload_is_rebuilt_not_run(tmp_path) -> None:
     from PIL import Image
 
-    from dytrim.data.folder import decode_images
+    from dytrim.data.cache import decode_images
 
     files = []
     for i in range(3):

@@ -9,7 +9,7 @@ import pytest
 
 from dytrim.cli import main
 from dytrim.config import load_config
-from dytrim.data.readers import DataError
+from dytrim.data.errors import DataError
 from dytrim.data.sources import load_data
 from dytrim.data.stl10 import SIDE, read_stl_images, resize_stl
 

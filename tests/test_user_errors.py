@@ -154,7 +154,7 @@ def test_predict_unwritable_out_fails_before_any_work(trained, tmp_path, capsys,
 
 
 def test_run_json_records_the_data_files(trained) -> None:
-    from dytrim.data.readers import MNIST10K_SHA256
+    from dytrim.data.mnist import MNIST10K_SHA256
 
     files = json.loads((trained / "run.json").read_text())["data_files"]
     assert [f["sha256"] for f in files] == [MNIST10K_SHA256]
@@ -162,7 +162,8 @@ def test_run_json_records_the_data_files(trained) -> None:
 
 
 def test_unlisted_data_file_is_hashed_recorded_and_warned(tmp_path, capsys) -> None:
-    from dytrim.data.readers import read_mnist10k, sha256_of
+    from dytrim.data.integrity import sha256_of
+    from dytrim.data.mnist import read_mnist10k
 
     x, y = read_mnist10k()
     copy = tmp_path / "mnist10k.npz"

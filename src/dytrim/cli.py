@@ -20,8 +20,9 @@ from dytrim.config import (
     list_presets,
     load_config,
 )
-from dytrim.data.readers import DataError
-from dytrim.engine.checkpoint import CheckpointError, WriteFailure, check_writable_dir
+from dytrim.data.errors import DataError
+from dytrim.engine.checkpoint import CheckpointError, check_writable_dir
+from dytrim.fileio import WriteFailure
 from dytrim.resume import resume_config, run_traces
 
 #: Exit codes: 0 done; 1 a bug in dytrim (a traceback, please report it); 2 a user error (config, data,

@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace, trained: TrainedRun) -> int:
-    from dytrim.engine.checkpoint import atomic_write_text
     from dytrim.evalrun import evaluate, format_table, load_test_set, plot_confusion
+    from dytrim.fileio import atomic_write_text
 
     out = Path(args.out) if args.out else trained.run_dir / "eval"
     _check_output_file(out / "eval.json", "--out")  # before any work
@@ -78,8 +78,8 @@ def _eval(args: argparse.Namespace, trained: TrainedRun) -> int:
 
 
 def _predict(args: argparse.Namespace, trained: TrainedRun) -> int:
-    from dytrim.data.readers import DataError
-    from dytrim.engine.checkpoint import atomic_write_text
+    from dytrim.data.errors import DataError
+    from dytrim.fileio import atomic_write_text
     from dytrim.inference import find_images, predict_files
 
     paths = find_images(args.images)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dytrim.config import RunConfig
-from dytrim.engine.checkpoint import atomic_write_text
+from dytrim.fileio import atomic_write_text
 
 CARD_NAME = "data.json"
 PREPROCESS = (

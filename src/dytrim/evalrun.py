@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dytrim.data.folder import cache_root, read_class_tree
-from dytrim.data.readers import DataError
+from dytrim.data.cache import cache_root
+from dytrim.data.errors import DataError
+from dytrim.data.folder import read_class_tree
 from dytrim.inference import TrainedRun, to_nchw
 from dytrim.metrics import classification_metrics, confusion_matrix
 

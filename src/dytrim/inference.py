@@ -26,8 +26,8 @@ from dytrim.config import (
     set_key,
     validate,
 )
-from dytrim.data.folder import BadImage, is_image_file, list_images, load_image
-from dytrim.data.readers import DataError
+from dytrim.data.errors import DataError
+from dytrim.data.images import BadImage, is_image_file, list_images, load_image
 from dytrim.datacard import DataCard, read_card
 from dytrim.debias import COMPONENTS
 from dytrim.engine.checkpoint import load_latest

@@ -10,166 +10,22 @@ an empty class, a single class, test classes that differ) stop with a DataError 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sys
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from dytrim.config import DataConfig
+from dytrim.data.arrays import ImageArrays
+from dytrim.data.cache import cache_root, decode_images
+from dytrim.data.errors import DataError
+from dytrim.data.images import IMAGE_SUFFIXES, is_image_file, list_images
 from dytrim.data.longtail import Split
-from dytrim.data.readers import DataError, ImageArrays
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-CACHE_VERSION = 2  # bump when decoding changes, so old cache files are not reused
 HOLDOUT_SEED = 0  # the hold-out draw is fixed: runs with different seeds share one test set
 _EXAMPLES = 10  # skipped files listed by name in reports
-
-
-class BadImage(Exception):
-    """One image file cannot be used (zero bytes, not an image, truncated); it is skipped and reported."""
-
-
-# ----------------------------------------------------------------------------- one image
-
-
-def _pillow() -> Any:
-    try:
-        from PIL import Image, ImageOps
-    except ImportError as exc:
-        raise DataError(
-            "reading image folders needs Pillow, which is not installed; install it with: pip install pillow"
-        ) from exc
-    return Image, ImageOps
-
-
-def load_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
-    """uint8 [H, W, channels]: EXIF-rotated, RGB or grayscale, shorter side resized, centre-cropped to `size`."""
-    image_mod, ops = _pillow()
-    try:
-        if path.stat().st_size == 0:
-            raise BadImage("zero-byte file")
-        with image_mod.open(path) as im:
-            im = ops.exif_transpose(im)
-            if im.mode == "P":  # palette images may carry transparency; go through RGBA to drop it cleanly
-                im = im.convert("RGBA")
-            im = im.convert("RGB" if channels == 3 else "L")
-            h, w = size
-            if im.size != (w, h):
-                im = ops.fit(im, (w, h), method=image_mod.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except BadImage:
-        raise
-    except image_mod.UnidentifiedImageError as exc:
-        raise BadImage("not an image format Pillow can read") from exc
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means: skip this file and say why
-        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` at any depth, sorted; hidden files and folders are ignored."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in filenames if is_image_file(Path(f))]
-    return sorted(found)
-
-
-# ----------------------------------------------------------------------------- many images, cached
-
-
-@dataclass
-class Decoded:
-    """Decoded images of a list of files: `x` holds the readable ones, in order; `skipped` the others."""
-
-    x: np.ndarray  # uint8 [n_ok, H, W, C]
-    ok: np.ndarray  # bool [n_files]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-
-
-def cache_root(cfg: DataConfig) -> Path:
-    """data.cache_dir, else $DYTRIM_CACHE, else ~/.cache/dytrim."""
-    return Path(cfg.cache_dir or os.environ.get("DYTRIM_CACHE") or Path.home() / ".cache" / "dytrim").expanduser()
-
-
-def _cache_key(paths: Sequence[Path], size: tuple[int, int], channels: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{channels}".encode())
-    for p in paths:
-        try:
-            st = p.stat()
-            stamp = f"{st.st_size}|{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"\0{p.resolve()}|{stamp}".encode())
-    return h.hexdigest()[:32]
-
-
-def _read_cache(path: Path, n: int) -> Decoded | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            ok = z["ok"].astype(bool)
-            skipped = list(zip(z["skip_path"].tolist(), z["skip_reason"].tolist(), strict=True))
-            x = z["x"]
-    except Exception:  # noqa: BLE001 - an unreadable cache file is simply rebuilt
-        return None
-    if len(ok) != n or int(ok.sum()) != len(x):
-        return None
-    return Decoded(x, ok, [(str(a), str(b)) for a, b in skipped])
-
-
-def _write_cache(path: Path, dec: Decoded) -> None:
-    """Atomic write (temp file + rename); a cache that cannot be written only costs speed, so warn and go on."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".images-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                x=dec.x,
-                ok=dec.ok,
-                skip_path=np.array([p for p, _ in dec.skipped], dtype=str),
-                skip_reason=np.array([r for _, r in dec.skipped], dtype=str),
-            )
-        os.replace(tmp, path)
-    except OSError as exc:
-        print(f"dytrim: warning: cannot write the image cache {path} ({exc}); set data.cache_dir to a writable "
-              "folder to make later runs start faster", file=sys.stderr)
-
-
-def decode_images(
-    paths: Sequence[Path], size: tuple[int, int], channels: int, cache_dir: Path | None, desc: str = "images"
-) -> Decoded:
-    """Decode `paths` (skipping bad files) or load them from the cache; `cache_dir` None disables caching."""
-    cache = cache_dir / f"images-{_cache_key(paths, size, channels)}.npz" if cache_dir is not None else None
-    if cache is not None and cache.is_file() and (hit := _read_cache(cache, len(paths))) is not None:
-        return hit
-    h, w = size
-    x = np.empty((len(paths), h, w, channels), dtype=np.uint8)
-    ok = np.zeros(len(paths), dtype=bool)
-    skipped = []
-    bar = tqdm(paths, desc=f"decoding {desc}", unit="img", disable=True if len(paths) < 500 else None,
-               file=sys.stderr, mininterval=1.0)
-    for i, p in enumerate(bar):
-        try:
-            x[i] = load_image(p, size, channels)
-            ok[i] = True
-        except BadImage as exc:
-            skipped.append((str(p), str(exc)))
-    dec = Decoded(x[ok], ok, skipped)
-    if cache is not None:
-        _write_cache(cache, dec)
-    return dec
 
 
 # ----------------------------------------------------------------------------- folder structure

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from dytrim.config import DataConfig
+from dytrim.data.arrays import ImageArrays
+from dytrim.data.errors import DataError
+from dytrim.data.integrity import unpickle, verify_file
 from dytrim.data.longtail import Split
-from dytrim.data.readers import DataError, ImageArrays, _unpickle, verify_file
 
 TRAIN_FILES = [f"train_data_batch_{i}" for i in range(1, 11)]
 TEST_FILE = "val_data"
@@ -46,7 +48,7 @@ def _read_batch(path: Path, side: int) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise DataError(f"data.root: {path} is missing; the Small-ImageNet-127 folder is incomplete")
     verify_file(path)  # hashed (and checked against a MANIFEST.md there) for run.json
-    d = _unpickle(path)
+    d = unpickle(path)
     data, labels = d.get(b"data", d.get("data")), d.get(b"labels", d.get("labels"))
     if data is None or labels is None:
         raise DataError(f"{path}: expected keys 'data' and 'labels'; this is not a Small-ImageNet batch")

@@ -13,20 +13,16 @@ import numpy as np
 import torch
 
 from dytrim.config import ConfigError, DataConfig, register_choices
+from dytrim.data.arrays import ImageArrays
+from dytrim.data.cifar import read_cifar
+from dytrim.data.errors import DataError
 from dytrim.data.folder import channel_stats, folder_split, read_folder_source
 from dytrim.data.imagenet127 import MEAN as IN127_MEAN
 from dytrim.data.imagenet127 import STD as IN127_STD
 from dytrim.data.imagenet127 import imagenet127_split, read_imagenet127
+from dytrim.data.integrity import recording_files
 from dytrim.data.longtail import Split, SplitError, build_split, longtail_counts
-from dytrim.data.readers import (
-    FASHION_MNIST_CLASSES,
-    DataError,
-    ImageArrays,
-    read_cifar,
-    read_mnist,
-    read_mnist10k,
-    recording_files,
-)
+from dytrim.data.mnist import FASHION_MNIST_CLASSES, read_mnist, read_mnist10k
 from dytrim.data.stl10 import read_stl10, stl10_split
 from dytrim.registry import Registry
 

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from dytrim.config import DataConfig
+from dytrim.data.arrays import ImageArrays
+from dytrim.data.errors import DataError
+from dytrim.data.integrity import verify_file
 from dytrim.data.longtail import Split, longtail_counts
-from dytrim.data.readers import DataError, ImageArrays, verify_file
 
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SIDE = 96
@@ -69,7 +71,7 @@ def resize_stl(raw: np.ndarray, side: int) -> np.ndarray:
 
 def _cached(cfg: DataConfig, path: Path, side: int) -> np.ndarray:
     """Resized images of one `*_X.bin`, from the cache when its (path, size, mtime, side) matches."""
-    from dytrim.data.folder import cache_root
+    from dytrim.data.cache import cache_root
 
     st = path.stat()
     key = hashlib.sha256(f"stl10|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{side}".encode()).hexdigest()[:24]

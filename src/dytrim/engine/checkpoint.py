@@ -20,20 +20,13 @@ from typing import Any
 
 import torch
 
+from dytrim.fileio import atomic_write_bytes
+
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
 #: Version of the checkpoint layout. 1: dytrim <= 0.1.0 (numpy RNG state pickled as numpy objects, which
 #: weights-only loading refuses); 2: every entry is a tensor, number, string, list, tuple or dict.
 FORMAT_VERSION = 2
-
-
-class WriteFailure(OSError):
-    """A run file could not be written (disk full, permission denied, read-only file system): an
-    environment failure, not a user error. Names the path; the previous file of that name is intact."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cannot write '{path}': {reason}")
-        self.path = path
 
 
 class CheckpointError(ValueError):
@@ -44,42 +37,6 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
     """Checkpoints of a run, newest (highest step) first."""
     found = [(int(m.group(1)), p) for p in Path(run_dir).glob("ckpt_*.pt") if (m := CKPT_RE.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
-
-
-def atomic_write_bytes(path: Path, writer: Any) -> None:
-    """Call writer(file) on a temp file in the same folder, then rename it over `path`.
-
-    Any failure leaves `path` as it was and no temp file behind; a failure of the file system (no space,
-    no permission) is raised as WriteFailure naming `path`."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise WriteFailure(path, exc.strerror or str(exc)) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; run files follow the user's umask like open()
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise WriteFailure(path, exc.strerror or str(exc)) from exc
-    except RuntimeError as exc:  # torch.save reports a failed write of its zip stream as RuntimeError
-        Path(tmp).unlink(missing_ok=True)
-        if "write" in str(exc).lower():
-            raise WriteFailure(path, str(exc).splitlines()[0]) from exc
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_writable_dir(folder: Path, what: str) -> None:
@@ -95,10 +52,6 @@ def check_writable_dir(folder: Path, what: str) -> None:
     except OSError as exc:
         raise ConfigError(f"{what}: cannot write to '{folder}' ({exc.strerror or exc}); choose a writable "
                           "directory") from exc
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:

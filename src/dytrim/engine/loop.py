@@ -25,7 +25,7 @@ from dytrim.engine import rng as rng_state
 from dytrim.engine import runlog
 from dytrim.engine.accel import autocast, cpu_facts
 from dytrim.engine.build import RunParts
-from dytrim.engine.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from dytrim.engine.checkpoint import load_latest, save_checkpoint
 from dytrim.engine.context import RunContext
 from dytrim.engine.distributed import fingerprint
 from dytrim.engine.evaluate import predict_logits
@@ -36,6 +36,7 @@ from dytrim.engine.sampler import EpochSampler
 from dytrim.engine.step import PseudoLabeler, StepFunction
 from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.engine.tensorboard import TensorBoardLog
+from dytrim.fileio import atomic_write_text
 from dytrim.metrics import classification_metrics
 from dytrim.resume import check_checkpoint_config, check_data_files
 

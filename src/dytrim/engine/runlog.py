@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from dytrim.engine.checkpoint import atomic_write_text
+from dytrim.fileio import atomic_write_text
 
 SUMMARY_METRICS = ("acc", "bacc", "gm", "many", "medium", "few")
 

@@ -130,9 +130,15 @@ def _class_names(path: Path, summary: dict[str, Any], config: dict[str, Any], n:
         if isinstance(names, list) and len(names) == n:
             return [str(c) for c in names]
     source = str((config.get("data", {}) or {}).get("name", ""))
-    from dytrim.data import readers
+    from dytrim.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
+    from dytrim.data.mnist import FASHION_MNIST_CLASSES, MNIST_CLASSES
 
-    known = getattr(readers, f"{source.upper()}_CLASSES", None)
+    known = {
+        "CIFAR10": CIFAR10_CLASSES,
+        "CIFAR100": CIFAR100_CLASSES,
+        "MNIST": MNIST_CLASSES,
+        "FASHION_MNIST": FASHION_MNIST_CLASSES,
+    }.get(source.upper())
     if isinstance(known, str):
         known = known.split()
     if isinstance(known, (list, tuple)) and len(known) == n:

@@ -1,10 +1,5 @@
-"""Batched, on-device image augmentation for FixMatch-style semi-supervised learning.
-
-Reproduces the augmentations of the DARP / CDMAD / DyTrim reference code (``dataset/fix_cifar10.py``):
-
-* weak   = ``RandomCrop(H, padding=4)`` (zero padding) + ``RandomHorizontalFlip(0.5)``;
-* strong = ``RandAugment(n=3, m=4)`` of ildoonet/pytorch-randaugment on the uint8 image, then the weak
-  ops, then ``Normalize`` ((x / 255 - mean) / std), then ``CutoutDefault(16)`` in normalised space.
+"""The RandAugment ops as batched tensor maths that equal Pillow pixel for pixel, so that on-device augmentation
+reproduces the reference code (which calls Pillow one image at a time) exactly.
 
 The RandAugment ops follow ``RandAugment/augmentations.py`` (``augment_list()``) and the Pillow
 functions it calls, pixel for pixel: Pillow's fixed-point (16.16) nearest-neighbour affine engine for
@@ -16,114 +11,40 @@ so a chain of ops equals the chain of Pillow calls.
 Geometric ops do not use ``grid_sample``: they compute Pillow's integer source pixel for every output
 pixel (same arithmetic as Pillow, so no half-pixel rounding ties) and gather; out-of-image pixels are 0.
 
-Reference details kept on purpose: the sign of Rotate/Shear/Translate flips with p = 0.5; the CutoutAbs
-centre is ``np.random.uniform(w)``, i.e. uniform(low=w, high=1), so it lies in (1, w], not [0, w).
 Posterize keeps ``bits = max(1, int(v))`` as the reference does, so at m=4 (v = 0.533) it keeps 1 bit.
 One deliberate difference:
 
 * CutoutAbs on a 1-channel image fills with 125 (Pillow refuses an RGB colour for mode ``L``).
 
-All random draws (op choice, sign, box positions, crop offsets, flips) are per sample and come from the
-``torch.Generator`` passed in (drawn on its device); nothing touches the global RNG and there is no Python
-loop over images.  Coordinates/LUT maths use float64 (float32 on MPS, which lacks float64).
+Coordinates/LUT maths use float64 (float32 on MPS, which lacks float64).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
 
 import torch
 
-__all__ = [
-    "RAND_AUGMENT_OPS",
-    "apply_op",
-    "cutout",
-    "cutout_abs",
-    "normalize",
-    "op_value",
-    "rand_augment",
-    "strong_augment",
-    "weak_augment",
-]
-
-RAND_AUGMENT_OPS: list[str] = [
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-    "Rotate",
-    "Posterize",
-    "Solarize",
-    "SolarizeAdd",
-    "Color",
-    "Contrast",
-    "Brightness",
-    "Sharpness",
-    "ShearX",
-    "ShearY",
-    "CutoutAbs",
-    "TranslateXabs",
-    "TranslateYabs",
-]
-
-# (min, max) of each op's value range, as in ildoonet ``augment_list()``.
-_RANGES: dict[str, tuple[float, float]] = {
-    "AutoContrast": (0.0, 1.0),
-    "Equalize": (0.0, 1.0),
-    "Invert": (0.0, 1.0),
-    "Rotate": (0.0, 30.0),
-    "Posterize": (0.0, 4.0),
-    "Solarize": (0.0, 256.0),
-    "SolarizeAdd": (0.0, 110.0),
-    "Color": (0.1, 1.9),
-    "Contrast": (0.1, 1.9),
-    "Brightness": (0.1, 1.9),
-    "Sharpness": (0.1, 1.9),
-    "ShearX": (0.0, 0.3),
-    "ShearY": (0.0, 0.3),
-    "CutoutAbs": (0.0, 40.0),
-    "TranslateXabs": (0.0, 100.0),
-    "TranslateYabs": (0.0, 100.0),
-}
-
-# Ops whose value gets a random sign (p = 0.5) in the reference.
-_SIGNED = frozenset({"Rotate", "ShearX", "ShearY", "TranslateXabs", "TranslateYabs"})
-
 # Fill colour of the reference CutoutAbs (RGB); a 1-channel image gets the first entry.
 _CUTOUT_ABS_COLOR = (125, 123, 114)
-
-
-def op_value(name: str, magnitude: float) -> float:
-    """Unsigned value of op ``name`` at RandAugment magnitude ``m``: ``m / 30 * (max - min) + min``."""
-    lo, hi = _RANGES[name]
-    return (float(magnitude) / 30) * float(hi - lo) + lo
-
-
-# Ops grouped by how they are computed; ``rand_augment`` runs each group once per round.
-_LUT_OPS = ("AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "SolarizeAdd")
-_ENHANCE_OPS = ("Color", "Contrast", "Brightness", "Sharpness")
-_GEOMETRIC_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXabs", "TranslateYabs")
-_GROUPS = (_LUT_OPS, _ENHANCE_OPS, _GEOMETRIC_OPS, ("CutoutAbs",))
-_GROUPED_ORDER = [name for group in _GROUPS for name in group]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 
 
-def _wide(device: torch.device) -> torch.dtype:
+def wide_dtype(device: torch.device) -> torch.dtype:
     """Float type for coordinate/LUT maths: float64 (as Pillow/Python use) unless the device lacks it."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _check_images(x: torch.Tensor) -> None:
+def check_images(x: torch.Tensor) -> None:
     """Validate a uint8 ``[N, C, H, W]`` batch with ``C`` in {1, 3}."""
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 [N, C, H, W] with C in (1, 3), got {x.dtype} {tuple(x.shape)}")
 
 
-def _per_sample(
+def per_sample(
     value: torch.Tensor | float, n: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """Broadcast a scalar or ``[n]`` value to a ``[n]`` tensor of ``dtype`` on ``device``."""
@@ -131,27 +52,27 @@ def _per_sample(
     return v.expand(n) if v.dim() == 0 else v.reshape(n)
 
 
-def _draw_uniform(gen: torch.Generator, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def draw_uniform(gen: torch.Generator, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) float32 draws from ``gen`` (on the generator's device), moved to ``device``."""
     return torch.rand(shape, generator=gen, device=gen.device).to(device)
 
 
-def _draw_int(gen: torch.Generator, high: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def draw_int(gen: torch.Generator, high: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Uniform integers in ``[0, high)`` from ``gen``, moved to ``device``."""
     return torch.randint(0, high, shape, generator=gen, device=gen.device).to(device)
 
 
-def _source_index(xin: torch.Tensor, yin: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+def source_index(xin: torch.Tensor, yin: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
     """Flat source pixel index ``[N, H*W]`` from int64 coordinates broadcastable to ``[N, H, W]``.
 
-    Out-of-bounds coordinates map to ``H*W``, the zero pixel :func:`_gather_flat` appends (Pillow's fill 0).
+    Out-of-bounds coordinates map to ``H*W``, the zero pixel :func:`gather_flat` appends (Pillow's fill 0).
     """
     valid = ((xin >= 0) & (xin < w)) & ((yin >= 0) & (yin < h))
     flat = yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)
     return torch.where(valid, flat, h * w).expand(n, h, w).reshape(n, h * w)
 
 
-def _gather_flat(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def gather_flat(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour resampling by flat source index ``[N, H*W]`` (``H*W`` = zero pixel)."""
     n, c, h, w = x.shape
     padded = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)
@@ -215,10 +136,10 @@ def _affine_source_coords(a: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor
     return xin, yin
 
 
-def _affine_index(a: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def affine_index(a: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Flat source index ``[N, H*W]`` of ``Image.transform((w, h), AFFINE, a, NEAREST)`` (fill 0)."""
     xin, yin = _affine_source_coords(a, h, w)
-    return _source_index(xin, yin, a.shape[0], h, w)
+    return source_index(xin, yin, a.shape[0], h, w)
 
 
 def _round15(v: torch.Tensor) -> torch.Tensor:
@@ -242,7 +163,7 @@ def _rotation_coeffs(angle: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.stack([cos, sin, c, msin, cos, f], dim=1)
 
 
-def _geometric_coeffs(name: str, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def geometric_coeffs(name: str, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Per-sample Pillow affine coefficients ``[N, 6]`` for a geometric op at signed values ``v`` ``[N]``."""
     if name == "Rotate":
         return _rotation_coeffs(v, h, w)
@@ -256,7 +177,7 @@ def _geometric_coeffs(name: str, v: torch.Tensor, h: int, w: int) -> torch.Tenso
 # point ops as per-sample, per-channel lookup tables (ImageOps.*)
 
 
-def _value_lut(name: str, v: torch.Tensor) -> torch.Tensor:
+def value_lut(name: str, v: torch.Tensor) -> torch.Tensor:
     """Lookup table ``[N, 256]`` (int64, 0..255) of a value-only point op at per-sample values ``v``."""
     n = v.shape[0]
     i = torch.arange(256, device=v.device)
@@ -273,12 +194,12 @@ def _value_lut(name: str, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"{name} is not a value-only point op")
 
 
-def _autocontrast_lut(x: torch.Tensor) -> torch.Tensor:
+def autocontrast_lut(x: torch.Tensor) -> torch.Tensor:
     """``ImageOps.autocontrast`` (cutoff 0) LUT ``[N, C, 256]``: ``int(ix * scale + offset)`` clipped.
 
     With no cutoff the histogram's lowest/highest used bins are the channel min/max.
     """
-    wide = _wide(x.device)
+    wide = wide_dtype(x.device)
     i = torch.arange(256, device=x.device)
     lo = x.amin(dim=(2, 3)).to(wide).unsqueeze(-1)
     hi = x.amax(dim=(2, 3)).to(wide).unsqueeze(-1)
@@ -289,7 +210,7 @@ def _autocontrast_lut(x: torch.Tensor) -> torch.Tensor:
     return torch.where(stretch, lut, i)
 
 
-def _equalize_lut(x: torch.Tensor) -> torch.Tensor:
+def equalize_lut(x: torch.Tensor) -> torch.Tensor:
     """``ImageOps.equalize`` LUT ``[N, C, 256]``: ``(step // 2 + #pixels below v) // step``, clipped to 255.
 
     ``step = (#pixels - #pixels in the last used bin) // 255``; identity for <= 1 used bin or step 0.
@@ -308,7 +229,7 @@ def _equalize_lut(x: torch.Tensor) -> torch.Tensor:
     return torch.where(identity, i, lut).view(n, c, 256)
 
 
-def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     """``Image.point``: ``out[n, c] = lut[n, c, x[n, c]]`` (uint8); ``lut`` is ``[N, C or 1, 256]``."""
     n, c, h, w = x.shape
     return lut.to(torch.uint8).expand(n, c, 256).gather(2, x.reshape(n, c, h * w).long()).view(n, c, h, w)
@@ -353,7 +274,7 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     return xf
 
 
-def _degenerate(name: str, x: torch.Tensor) -> torch.Tensor:
+def degenerate_image(name: str, x: torch.Tensor) -> torch.Tensor:
     """The ``degenerate`` image of ``PIL.ImageEnhance.<name>`` (float32, broadcastable to ``x``)."""
     if name == "Brightness":  # black
         return torch.zeros(1, 1, 1, 1, dtype=torch.float32, device=x.device).expand(x.shape)
@@ -361,14 +282,14 @@ def _degenerate(name: str, x: torch.Tensor) -> torch.Tensor:
         return _luma(x).to(torch.float32).expand(x.shape)
     if name == "Contrast":  # constant int(mean(L) + 0.5)
         luma = _luma(x)
-        mean = luma.sum(dim=(1, 2, 3), dtype=torch.int64).to(_wide(x.device)) / float(luma[0].numel())
+        mean = luma.sum(dim=(1, 2, 3), dtype=torch.int64).to(wide_dtype(x.device)) / float(luma[0].numel())
         return torch.floor(mean + 0.5).to(torch.float32).view(-1, 1, 1, 1).expand(x.shape)
     if name == "Sharpness":
         return _smooth(x)
     raise ValueError(f"{name} is not an ImageEnhance op")
 
 
-def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``ImagingBlend(degenerate, x, factor)``: float32 ``d + f * (x - d)``, clipped, truncated to uint8."""
     f = factor.to(torch.float32).view(-1, 1, 1, 1)
     out = degenerate + f * (x.to(torch.float32) - degenerate)
@@ -376,7 +297,7 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> t
 
 
 # ----------------------------------------------------------------------------------------------------------
-# public ops
+# CutoutAbs (ImageDraw.rectangle)
 
 
 def cutout_abs(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, size: float) -> torch.Tensor:
@@ -385,12 +306,12 @@ def cutout_abs(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, size: float)
     Box start ``int(max(0, c - size/2))``, end ``min(dim, start + size)`` truncated, both inclusive (as
     ``ImageDraw.rectangle`` fills), filled with (125, 123, 114) (125 for one channel).  Deterministic.
     """
-    _check_images(x)
+    check_images(x)
     n, c, h, w = x.shape
     if size < 0:
         return x.clone()
-    wide = _wide(x.device)
-    centre = torch.stack([_per_sample(x0, n, x.device, wide), _per_sample(y0, n, x.device, wide)], 1)
+    wide = wide_dtype(x.device)
+    centre = torch.stack([per_sample(x0, n, x.device, wide), per_sample(y0, n, x.device, wide)], 1)
     lo = (centre - size / 2.0).clamp_(min=0).trunc_()  # int(max(0, c - v / 2))
     hi = (lo + size).clamp_(max=torch.tensor([w, h], dtype=wide, device=x.device)).trunc_()  # min(w, x0 + v)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
@@ -400,186 +321,3 @@ def cutout_abs(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, size: float)
     colour = torch.tensor(_CUTOUT_ABS_COLOR[:c], dtype=torch.uint8, device=x.device).view(1, c, 1, 1)
     # x + inside * (colour - x) in wrapping uint8 arithmetic (much faster than torch.where on uint8)
     return x + inside.unsqueeze(1).to(torch.uint8) * (colour - x)
-
-
-def apply_op(name: str, x: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
-    """Apply RandAugment op ``name`` to uint8 ``x`` ``[N, C, H, W]`` with per-sample value ``[N]``.
-
-    Deterministic; ``value`` is already signed (e.g. a negative angle) and ignored by the value-free ops.
-    Output is uint8 and equals, image by image, the Pillow call the reference makes.  Use
-    :func:`cutout_abs` for ``CutoutAbs`` (its box position is random, not a value).
-    """
-    _check_images(x)
-    if name not in _RANGES:
-        raise ValueError(f"unknown RandAugment op {name!r}")
-    if name == "CutoutAbs":
-        raise ValueError("CutoutAbs needs a box position: call cutout_abs(x, x0, y0, size)")
-    n, _, h, w = x.shape
-    if n == 0:
-        return x.clone()
-    v = _per_sample(value, n, x.device, _wide(x.device))
-    if name == "AutoContrast":
-        return _apply_lut(x, _autocontrast_lut(x))
-    if name == "Equalize":
-        return _apply_lut(x, _equalize_lut(x))
-    if name in _LUT_OPS:
-        return _apply_lut(x, _value_lut(name, v).unsqueeze(1))
-    if name in _ENHANCE_OPS:
-        return _blend(_degenerate(name, x), x, v)
-    return _gather_flat(x, _affine_index(_geometric_coeffs(name, v, h, w), h, w))
-
-
-@functools.lru_cache(maxsize=16)
-def _code_tables(magnitude: float, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Per-code constants for ``rand_augment`` (code = 2 * grouped rank + negated), computed once.
-
-    Returns the signed values ``[32]``, the value-only point ops' LUTs ``[32, 256]`` (uint8) and the
-    geometric ops' flat source indices ``[32, H*W]`` -- made by the same functions :func:`apply_op` uses.
-    """
-    wide = _wide(device)
-    vals = []
-    for name in _GROUPED_ORDER:
-        v = op_value(name, magnitude)
-        vals += [v, -v if name in _SIGNED else v]
-    values = torch.tensor(vals, dtype=wide, device=device)
-    lut = torch.arange(256, device=device).repeat(len(vals), 1)
-    warp = torch.arange(h * w, device=device).repeat(len(vals), 1)
-    for k, name in enumerate(_GROUPED_ORDER):
-        v = values[2 * k : 2 * k + 2]
-        if name in ("Invert", "Posterize", "Solarize", "SolarizeAdd"):
-            lut[2 * k : 2 * k + 2] = _value_lut(name, v)
-        elif name in _GEOMETRIC_OPS:
-            warp[2 * k : 2 * k + 2] = _affine_index(_geometric_coeffs(name, v, h, w), h, w)
-    return values, lut.to(torch.uint8), warp
-
-
-def rand_augment(
-    x: torch.Tensor, gen: torch.Generator, n_ops: int = 3, magnitude: float = 4.0
-) -> torch.Tensor:
-    """ildoonet ``RandAugment(n_ops, magnitude)`` on a uint8 batch, every draw made per sample from ``gen``.
-
-    Each round draws per sample one of the 16 ops (with replacement), a sign (p = 0.5) for the signed ops
-    and a CutoutAbs centre.  Samples are sorted by op and each op group (lookup tables, blends, warps,
-    cutout) runs once per round on its contiguous slice; constant LUTs and warps come from a cache.
-    """
-    _check_images(x)
-    n, c, h, w = x.shape
-    if n == 0 or n_ops <= 0:
-        return x.clone()
-    dev = x.device
-    wide = _wide(dev)
-    choice = _draw_int(gen, len(RAND_AUGMENT_OPS), (n_ops, n), dev)
-    negate = _draw_uniform(gen, (n_ops, n), dev) > 0.5  # reference: ``if random.random() > 0.5: v = -v``
-    u = _draw_uniform(gen, (n_ops, n, 2), dev).to(wide)
-    # ``np.random.uniform(w)`` is uniform(low=w, high=1): centres in (1, w] (reference quirk, kept)
-    extent = torch.tensor([w, h], dtype=wide, device=dev)
-    centres = extent + (1.0 - extent) * u
-    values, lut_table, warp_table = _code_tables(float(magnitude), h, w, dev)
-    rank = torch.tensor([_GROUPED_ORDER.index(name) for name in RAND_AUGMENT_OPS], device=dev)
-    signed = torch.tensor([name in _SIGNED for name in RAND_AUGMENT_OPS], device=dev)
-    codes = 2 * rank[choice] + (negate & signed[choice]).long()  # [n_ops, N]
-    cutout_size = op_value("CutoutAbs", magnitude)
-
-    out = x
-    for r in range(n_ops):
-        order = torch.argsort(codes[r], stable=True)
-        code = codes[r].index_select(0, order)
-        counts = torch.bincount(code, minlength=2 * len(_GROUPED_ORDER)).tolist()
-        src = out.index_select(0, order)
-        pieces = []
-        begin = 0
-        for group in _GROUPS:
-            spans = []
-            end = begin
-            for name in group:
-                k = _GROUPED_ORDER.index(name)
-                cnt = counts[2 * k] + counts[2 * k + 1]
-                if cnt:
-                    spans.append((name, end, end + cnt))
-                    end += cnt
-            if not spans:
-                continue
-            seg = src[begin:end]
-            if group is _LUT_OPS:
-                lut = lut_table.index_select(0, code[begin:end]).unsqueeze(1)
-                if spans[0][0] in ("AutoContrast", "Equalize"):
-                    lut = lut.expand(end - begin, c, 256).clone()
-                    for name, s, e in spans[:2]:
-                        if name == "AutoContrast":
-                            lut[s - begin : e - begin] = _autocontrast_lut(src[s:e])
-                        elif name == "Equalize":
-                            lut[s - begin : e - begin] = _equalize_lut(src[s:e])
-                pieces.append(_apply_lut(seg, lut))
-            elif group is _ENHANCE_OPS:
-                degenerate = torch.cat([_degenerate(name, src[s:e]) for name, s, e in spans])
-                pieces.append(_blend(degenerate, seg, values.index_select(0, code[begin:end])))
-            elif group is _GEOMETRIC_OPS:
-                pieces.append(_gather_flat(seg, warp_table.index_select(0, code[begin:end])))
-            else:
-                centre = centres[r].index_select(0, order[begin:end])
-                pieces.append(cutout_abs(seg, centre[:, 0], centre[:, 1], cutout_size))
-            begin = end
-        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(n, device=dev))
-        out = torch.cat(pieces).index_select(0, inverse)
-    return out
-
-
-def weak_augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
-    """``RandomCrop((H, W), padding=pad)`` with zero fill + ``RandomHorizontalFlip(0.5)``, per sample."""
-    _check_images(x)
-    n, _, h, w = x.shape
-    if n == 0:
-        return x.clone()
-    dev = x.device
-    offs = _draw_int(gen, 2 * pad + 1, (2, n), dev) - pad  # (top, left) offsets into the unpadded image
-    cols = torch.arange(w, device=dev).view(1, w)
-    if flip:
-        flips = _draw_uniform(gen, (n,), dev) < 0.5
-        cols = torch.where(flips.view(n, 1), (w - 1) - cols, cols)
-    xin = (offs[1].view(n, 1) + cols).view(n, 1, w)
-    yin = (offs[0].view(n, 1) + torch.arange(h, device=dev).view(1, h)).view(n, h, 1)
-    return _gather_flat(x, _source_index(xin, yin, n, h, w))
-
-
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``ToTensor`` + ``Normalize``: float32 ``(x / 255 - mean) / std`` per channel."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return x.to(torch.float32).div_(255).sub_(m).div_(s)
-
-
-def cutout(x: torch.Tensor, gen: torch.Generator, size: int = 16) -> torch.Tensor:
-    """``CutoutDefault(size)``: multiply a square around a uniform integer centre by 0, per sample.
-
-    Rows ``clip(y - size//2, 0, H) : clip(y + size//2, 0, H)`` (end exclusive), columns likewise.
-    """
-    n, _, h, w = x.shape
-    dev = x.device
-    cy = _draw_int(gen, h, (n, 1, 1), dev)
-    cx = _draw_int(gen, w, (n, 1, 1), dev)
-    half = size // 2
-    rows = torch.arange(h, device=dev).view(1, h, 1)
-    cols = torch.arange(w, device=dev).view(1, 1, w)
-    inside = (rows >= (cy - half).clamp(0, h)) & (rows < (cy + half).clamp(0, h))
-    inside = inside & (cols >= (cx - half).clamp(0, w)) & (cols < (cx + half).clamp(0, w))
-    return x * (~inside).unsqueeze(1).to(x.dtype)
-
-
-def strong_augment(
-    x: torch.Tensor,
-    gen: torch.Generator,
-    mean: Sequence[float],
-    std: Sequence[float],
-    n_ops: int = 3,
-    magnitude: float = 4.0,
-    cutout_size: int = 16,
-    pad: int = 4,
-    flip: bool = True,
-) -> torch.Tensor:
-    """Reference strong view: RandAugment, crop/flip, normalise, CutoutDefault; uint8 in, float32 out.
-
-    `cutout_size=0` skips Cutout; `pad`/`flip` are the weak ops' settings (no flips for digits)."""
-    y = rand_augment(x, gen, n_ops=n_ops, magnitude=magnitude)
-    y = weak_augment(y, gen, pad=pad, flip=flip)
-    y = normalize(y, mean, std)
-    return cutout(y, gen, size=cutout_size) if cutout_size > 0 else y

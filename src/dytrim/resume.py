@@ -3,6 +3,7 @@ the rest before anything in the directory is written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,12 @@ def check_checkpoint_config(cfg: RunConfig, saved: dict[str, Any], checkpoint: s
                 f"{theirs[key]!r}); the directory mixes two runs or config.yaml was edited. Restore config.yaml or "
                 "start a new --out"
             )
+
+
+def recorded_data_files(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The data files (path, sha256) run.json recorded when the run started; None without run.json."""
+    run_json = Path(run_dir) / "run.json"
+    return json.loads(run_json.read_text()).get("data_files") if run_json.is_file() else None
 
 
 def check_data_files(recorded: list[dict[str, Any]] | None, now: list[dict[str, Any]]) -> None:

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dytrim.engine.hooks import Batch, StepOutput
+
 
 def fingerprint(obj: Any) -> str:
     """SHA-1 of nested tensors / dicts / lists / plain values: equal on every rank when the ranks agree."""
@@ -37,6 +39,18 @@ def fingerprint(obj: Any) -> str:
 
     feed(obj)
     return h.hexdigest()
+
+
+def global_view(dist: Dist, batch: Batch, out: StepOutput, ulb_pos_g: torch.Tensor | None) -> tuple[Batch, StepOutput]:
+    """This rank's per-sample batch fields and losses gathered into the global batch, for the `observe` hooks
+    (unlabeled positions, targets, mask and weak logits are global already)."""
+    g = dist.gather
+    glob = Batch(lb_pos=g(batch.lb_pos), x_lb=batch.x_lb, y_lb=g(batch.y_lb), w_lb=g(batch.w_lb))
+    loss_ulb = None
+    if ulb_pos_g is not None and out.loss_ulb is not None and batch.w_ulb is not None:
+        glob.ulb_pos, glob.w_ulb = ulb_pos_g, g(batch.w_ulb)
+        loss_ulb = g(out.loss_ulb.T.contiguous()).T  # [n_strong, global Bu]
+    return glob, StepOutput(g(out.loss_lb), loss_ulb, out.targets, out.mask, out.logits_ulb_w, out.logits_ulb_w_raw)
 
 
 class Dist:

@@ -1,11 +1,19 @@
-"""Evaluation of a model on uint8 test images kept on the device."""
+"""Evaluation of a model on uint8 test images kept on the device: logits (shared out over ranks) and the
+metrics row of one evaluation (raw, debiased by the components' eval_logits hooks, and the prior probe)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from dytrim.data.augment import normalize
+from dytrim.engine.distributed import Dist
+from dytrim.engine.hooks import Component
+from dytrim.engine.probe import prior_probe
+from dytrim.metrics import classification_metrics
 
 
 @torch.no_grad()
@@ -28,3 +36,38 @@ def predict_logits(
         out.append(model(xb).float())
     model.train(was_training)
     return torch.cat(out)
+
+
+def predict_shared(
+    model: nn.Module, x: torch.Tensor, idx: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+    dist: Dist, batch_size: int, channels_last: bool,
+) -> torch.Tensor:
+    """Logits of the images `x[idx]`: each rank predicts an equal share (the last index repeated as padding) and
+    every rank gets all of them back, in order."""
+    n, world = len(idx), dist.world
+    per = -(-n // world)
+    padded = torch.cat([idx, idx[-1:].repeat(per * world - n)])
+    mine = padded[dist.rank * per : (dist.rank + 1) * per]
+    return dist.gather(predict_logits(model, x[mine], mean, std, batch_size, channels_last))[:n]
+
+
+def evaluation_row(
+    logits: torch.Tensor, y: torch.Tensor, lb_counts: Sequence[int], components: Sequence[Component],
+    model: nn.Module, baseline: torch.Tensor, lb_prior: torch.Tensor,
+) -> dict[str, Any]:
+    """bACC, GM and per-class recall of `logits`; the same after the eval-logit hooks chained in config order
+    (`*_debiased`, when some hook changes predictions); pi_theta(I) of `model`; the components' fields."""
+    num_classes = len(lb_counts)
+    row = classification_metrics(logits.argmax(-1), y, num_classes, list(lb_counts))
+    adjusted, changed = logits, False
+    for c in components:
+        out = c.eval_logits(adjusted)
+        if out is not None:
+            adjusted, changed = out, True
+    if changed:
+        row |= classification_metrics(adjusted.argmax(-1), y, num_classes, list(lb_counts), "_debiased")
+    row["eval_n"] = len(y)
+    row |= prior_probe(model, baseline, lb_prior)
+    for c in components:
+        row |= c.eval_fields()
+    return row

@@ -10,7 +10,6 @@ debiased predictions, and every evaluation probes the baseline image.
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import time
 from pathlib import Path
@@ -20,25 +19,22 @@ import torch
 from tqdm import tqdm
 
 from dytrim.config import ConfigError, dump_yaml
-from dytrim.data.augment import normalize, strong_augment, weak_augment
 from dytrim.engine import rng as rng_state
 from dytrim.engine import runlog
 from dytrim.engine.accel import autocast, cpu_facts
 from dytrim.engine.build import RunParts
 from dytrim.engine.checkpoint import load_latest, save_checkpoint
 from dytrim.engine.context import RunContext
-from dytrim.engine.distributed import fingerprint
-from dytrim.engine.evaluate import predict_logits
-from dytrim.engine.hooks import Batch, Component, StepOutput
+from dytrim.engine.distributed import fingerprint, global_view
+from dytrim.engine.evaluate import evaluation_row, predict_shared
+from dytrim.engine.hooks import Batch, Component
 from dytrim.engine.optim import lr_at, set_lr
-from dytrim.engine.probe import prior_probe, step_probe
+from dytrim.engine.probe import step_probe
 from dytrim.engine.sampler import EpochSampler
-from dytrim.engine.step import PseudoLabeler, StepFunction
+from dytrim.engine.step import PseudoLabeler, StepFunction, make_views
 from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.engine.tensorboard import TensorBoardLog
-from dytrim.fileio import atomic_write_text
-from dytrim.metrics import classification_metrics
-from dytrim.resume import check_checkpoint_config, check_data_files
+from dytrim.resume import check_checkpoint_config, check_data_files, recorded_data_files
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,26 +89,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _views(self) -> Batch:
-        """Sample positions, gather uint8 images on the device, make the weak/strong views."""
-        cfg, d, a = self.cfg, self.data, self.cfg.aug
-        lb_pos = self.dist.shard(self.lb_sampler.next()).to(self.device)  # samplers draw the global batch
-        lb = d.lb_idx[lb_pos]
-        x_lb = normalize(weak_augment(d.x_train[lb], self.aug_gen, a.pad, a.flip), d.mean, d.std)
-        batch = Batch(lb_pos=lb_pos, x_lb=x_lb, y_lb=d.y_train[lb], w_lb=torch.ones(len(lb), device=self.device))
-        if self.ssl.uses_unlabeled:
-            ulb_pos = self.dist.shard(self.ulb_sampler.next()).to(self.device)
-            x_u = d.x_train[d.ulb_idx[ulb_pos]]
-            batch.ulb_pos = ulb_pos
-            batch.x_ulb_w = normalize(weak_augment(x_u, self.aug_gen, a.pad, a.flip), d.mean, d.std)
-            batch.x_ulb_s = [
-                strong_augment(
-                    x_u, self.aug_gen, d.mean, d.std, n_ops=a.n_ops, magnitude=a.magnitude,
-                    cutout_size=a.cutout, pad=a.pad, flip=a.flip,
-                )
-                for _ in range(cfg.ssl.n_strong)
-            ]
-            batch.w_ulb = torch.ones(len(ulb_pos), device=self.device)
-        return batch
+        """Positions from the samplers (each draws the global batch; this rank keeps its slice), then the views."""
+        lb_pos = self.dist.shard(self.lb_sampler.next()).to(self.device)
+        ulb_pos = self.dist.shard(self.ulb_sampler.next()).to(self.device) if self.ssl.uses_unlabeled else None
+        return make_views(self.data, lb_pos, ulb_pos, self.aug_gen, self.cfg.aug, self.cfg.ssl.n_strong)
 
     def _forward(self, xs: list[torch.Tensor], grad: list[bool]) -> list[torch.Tensor]:
         """Logits for each input, one forward per input (reference: separate BN batches) or one
@@ -152,7 +132,7 @@ class Trainer:
                       "_has_truth": (true_u >= 0).any()}  # pseudo_acc is logged only where labels are known
         obs_batch = batch
         if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch
-            obs_batch, out = self._global_view(batch, out, res.ulb_pos)
+            obs_batch, out = global_view(self.dist, batch, out, res.ulb_pos)
         # a non-finite loss is recorded on the device (no sync) and acted on before the next evaluation or checkpoint
         bad = ~torch.isfinite(loss.detach())
         self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
@@ -190,43 +170,15 @@ class Trainer:
                 "checkpoint. Lower optim.lr or check the data."
             )
 
-    def _global_view(
-        self, batch: Batch, out: StepOutput, ulb_pos_g: torch.Tensor | None
-    ) -> tuple[Batch, StepOutput]:
-        """This rank's per-sample batch fields and losses gathered into the global batch (unlabeled positions,
-        targets, mask and weak logits are global already)."""
-        g = self.dist.gather
-        glob = Batch(lb_pos=g(batch.lb_pos), x_lb=batch.x_lb, y_lb=g(batch.y_lb), w_lb=g(batch.w_lb))
-        loss_ulb = None
-        if ulb_pos_g is not None and out.loss_ulb is not None:
-            glob.ulb_pos, glob.w_ulb = ulb_pos_g, g(batch.w_ulb)
-            loss_ulb = g(out.loss_ulb.T.contiguous()).T  # [n_strong, global Bu]
-        return glob, StepOutput(g(out.loss_lb), loss_ulb, out.targets, out.mask, out.logits_ulb_w, out.logits_ulb_w_raw)
-
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = False) -> dict[str, Any]:
         """EMA-model metrics on the test set (or the fixed subset), raw and per debiasing component."""
-        d = self.data
+        d, cfg = self.data, self.cfg
         idx = torch.arange(len(d.y_test), device=self.device) if full else d.eval_idx
-        y, n, world = d.y_test[idx], len(idx), self.dist.world
-        per = -(-n // world)  # each rank predicts an equal share (the last index repeated as padding)
-        padded = torch.cat([idx, idx[-1:].repeat(per * world - n)])
-        mine = padded[self.dist.rank * per : (self.dist.rank + 1) * per]
-        logits = self.dist.gather(predict_logits(
-            self.ema.model, d.x_test[mine], d.mean, d.std, self.cfg.train.eval_batch_size, self.cfg.model.channels_last
-        ))[:n]
-        row = classification_metrics(logits.argmax(-1), y, d.num_classes, d.split.lb_counts)
-        adjusted, changed = logits, False
-        for c in self.components:  # debiased predictions: the eval-logit hooks chained in config order
-            out = c.eval_logits(adjusted)
-            if out is not None:
-                adjusted, changed = out, True
-        if changed:
-            row |= classification_metrics(adjusted.argmax(-1), y, d.num_classes, d.split.lb_counts, "_debiased")
-        row["eval_n"] = len(y)
-        row |= prior_probe(self.ema.model, self.ctx.baseline, self.ctx.lb_prior)
-        for c in self.components:
-            row |= c.eval_fields()
+        logits = predict_shared(self.ema.model, d.x_test, idx, d.mean, d.std, self.dist, cfg.train.eval_batch_size,
+                                cfg.model.channels_last)
+        row = evaluation_row(logits, d.y_test[idx], d.split.lb_counts, self.components, self.ema.model,
+                             self.ctx.baseline, self.ctx.lb_prior)
         if self.dist.world > 1:  # every rank must hold the same weights, algorithm state and kept sets
             row["ranks_in_sync"] = len(set(self.dist.gather_object(self._fingerprint()))) == 1
         return row
@@ -300,9 +252,7 @@ class Trainer:
             return None
         state, path = found
         check_checkpoint_config(self.cfg, state.get("config", {}), path.name)
-        run_json = self.out / "run.json"
-        recorded = json.loads(run_json.read_text()).get("data_files") if run_json.is_file() else None
-        check_data_files(recorded, self.data.files)
+        check_data_files(recorded_data_files(self.out), self.data.files)
         self.load_state_dict(state)
         self.restored_from = path
         return path
@@ -333,22 +283,15 @@ class Trainer:
         resumed = resume and self.restore() is not None  # checks and loads before anything is written
         out.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()  # no rank reads the run directory while the main rank rewrites it
-        if resumed:
-            # rows written after the checkpoint (a crash between evaluation and checkpoint) are redone
-            if main:
-                rows = [r for r in runlog.read_rows(metrics_path) if r["step"] <= self.step]
-                runlog.write_rows(metrics_path, rows)
-        elif main:
-            runlog.write_rows(metrics_path, [])
-            meta = runlog.run_metadata(cfg.seed) | {"counts": self.data.counts(), "processes": self.dist.world,
-                                                    "device": str(self.device), "precision": self.precision,
-                                                    "compiled": self.compiled, **cpu_facts(),
-                                                    "data_files": self.data.files}
-            if self.pretrained is not None:
-                meta["pretrained"] = dataclasses.asdict(self.pretrained)
-            atomic_write_text(out / "run.json", _json(meta))
         if main:
-            atomic_write_text(out / "config.yaml", dump_yaml(cfg))  # on resume: with its overrides (e.g. steps)
+            meta = None
+            if not resumed:
+                meta = runlog.run_metadata(cfg.seed) | {
+                    "counts": self.data.counts(), "processes": self.dist.world, "device": str(self.device),
+                    "precision": self.precision, "compiled": self.compiled, **cpu_facts(),
+                    "data_files": self.data.files,
+                } | ({"pretrained": dataclasses.asdict(self.pretrained)} if self.pretrained is not None else {})
+            runlog.prepare_run_dir(out, dump_yaml(cfg), meta, self.step if resumed else None)
         t_total = cfg.train.steps
         every = cfg.train.eval_every
         bar = tqdm(total=t_total, initial=self.step, disable=not (cfg.train.progress and main),
@@ -393,25 +336,13 @@ class Trainer:
             self.dist.barrier()
             return {"steps": self.step, "wall_s": round(self.wall_s, 2), "rank": self.dist.rank}
         rows = runlog.read_rows(metrics_path)
-        summary = runlog.summarize(rows, self.wall_s, self.step)
-        summary["train_s"] = round(self.train_s, 2)
         p = self.progress
-        summary["images_per_s"] = round(p.samples_seen / max(self.train_s, 1e-9), 2)
-        summary |= {"updates": p.updates, "samples_fwd": p.samples_fwd, "samples_bwd": p.samples_bwd}
-        if full_test is not None:
-            summary["full_test"] = full_test
-        summary["notes"] = (
-            "metrics of the EMA model on the test set; last = final evaluation, best = max over evaluations, "
-            "mean/median_last20 = over the last min(20, n) evaluations, n_last of them"
-        )
-        atomic_write_text(out / "summary.json", _json(summary))
+        summary = runlog.write_summary(out, rows, self.wall_s, self.train_s, self.step, full_test, {
+            "images_per_s": round(p.samples_seen / max(self.train_s, 1e-9), 2), "updates": p.updates,
+            "samples_fwd": p.samples_fwd, "samples_bwd": p.samples_bwd})
         runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts)
         for c in self.components:
             c.on_finish(out, rows)
         self.dist.barrier()
         return summary
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
 

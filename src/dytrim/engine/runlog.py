@@ -62,6 +62,41 @@ def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str
     return out
 
 
+def prepare_run_dir(out: Path, config_yaml: str, meta: dict[str, Any] | None, resumed_at: int | None) -> None:
+    """A fresh run: empty metrics.jsonl and run.json (`meta`); a resumed one: drop the rows written after its
+    checkpoint (a crash between evaluation and checkpoint), so they are redone. config.yaml either way (on resume
+    with its allowed overrides, e.g. train.steps)."""
+    metrics = out / "metrics.jsonl"
+    if resumed_at is not None:
+        write_rows(metrics, [r for r in read_rows(metrics) if r["step"] <= resumed_at])
+    else:
+        write_rows(metrics, [])
+        atomic_write_text(out / "run.json", to_json(meta or {}))
+    atomic_write_text(out / "config.yaml", config_yaml)
+
+
+def write_summary(out: Path, rows: list[dict[str, Any]], wall_s: float, train_s: float, steps: int,
+                  full_test: dict[str, Any] | None, counters: dict[str, Any]) -> dict[str, Any]:
+    """summary.json of a finished run (see `summarize`), with the training time, the work counters and the final
+    evaluation on the whole test set when the intermediate ones used a subset; returns it."""
+    summary = summarize(rows, wall_s, steps)
+    summary["train_s"] = round(train_s, 2)
+    summary |= counters
+    if full_test is not None:
+        summary["full_test"] = full_test
+    summary["notes"] = (
+        "metrics of the EMA model on the test set; last = final evaluation, best = max over evaluations, "
+        "mean/median_last20 = over the last min(20, n) evaluations, n_last of them"
+    )
+    atomic_write_text(out / "summary.json", to_json(summary))
+    return summary
+
+
+def to_json(obj: Any) -> str:
+    """Indented JSON; tensors and arrays as lists, anything else unknown as its str."""
+    return json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
+
+
 def run_metadata(seed: int) -> dict[str, Any]:
     """Versions, git revision and machine: stored beside the metrics for reproducibility."""
     import numpy

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from dytrim.data.augment import normalize, strong_augment, weak_augment
 from dytrim.engine.hooks import Batch, Component, StepOutput
 from dytrim.engine.losses import soft_cross_entropy
 
@@ -57,6 +58,27 @@ class Alone:
 
     def shard(self, t: torch.Tensor) -> torch.Tensor:
         return t
+
+
+def make_views(data: Any, lb_pos: torch.Tensor, ulb_pos: torch.Tensor | None, gen: torch.Generator, aug: Any,
+               n_strong: int) -> Batch:
+    """The batch of these pool positions: uint8 images gathered on the device, the weak view of the labeled ones,
+    the weak and `n_strong` strong views of the unlabeled ones (drawn from `gen` in that order), unit weights."""
+    d, a = data, aug
+    lb = d.lb_idx[lb_pos]
+    x_lb = normalize(weak_augment(d.x_train[lb], gen, a.pad, a.flip), d.mean, d.std)
+    batch = Batch(lb_pos=lb_pos, x_lb=x_lb, y_lb=d.y_train[lb], w_lb=torch.ones(len(lb), device=lb_pos.device))
+    if ulb_pos is not None:
+        x_u = d.x_train[d.ulb_idx[ulb_pos]]
+        batch.ulb_pos = ulb_pos
+        batch.x_ulb_w = normalize(weak_augment(x_u, gen, a.pad, a.flip), d.mean, d.std)
+        batch.x_ulb_s = [
+            strong_augment(x_u, gen, d.mean, d.std, n_ops=a.n_ops, magnitude=a.magnitude, cutout_size=a.cutout,
+                           pad=a.pad, flip=a.flip)
+            for _ in range(n_strong)
+        ]
+        batch.w_ulb = torch.ones(len(ulb_pos), device=ulb_pos.device)
+    return batch
 
 
 @dataclass

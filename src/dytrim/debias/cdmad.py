@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from dytrim.config import RunConfig, config_section
-from dytrim.debias import COMPONENTS
+from dytrim.debias.registry import COMPONENTS
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
 

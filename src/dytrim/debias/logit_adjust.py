@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from dytrim.config import RunConfig, config_section
-from dytrim.debias import COMPONENTS
+from dytrim.debias.registry import COMPONENTS
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from dytrim.config import RunConfig, config_section, require
-from dytrim.debias import COMPONENTS
+from dytrim.debias.registry import COMPONENTS
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component
 

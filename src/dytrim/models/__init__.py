@@ -10,28 +10,7 @@ Importing this package registers all models. Shared conventions (relied on by th
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-
-from ..config import register_choices
-from ..registry import Registry
-
-MODELS: Registry[nn.Module] = Registry("model")
-register_choices("model.name", MODELS.names)  # the config accepts exactly the registered names
-register_model = MODELS.register
-
-
-def create_model(name: str, num_classes: int, in_channels: int = 3, **kw: Any) -> nn.Module:
-    """Build a registered model by name; unknown names raise KeyError with close matches."""
-    return MODELS.create(name, num_classes=num_classes, in_channels=in_channels, **kw)
-
-
-def list_models() -> list[str]:
-    """Sorted names of all registered models."""
-    return MODELS.names()
-
-
-from . import cnn, resnet, vit, wrn  # noqa: E402,F401  (registers the models; must follow register_model)
+from dytrim.models import cnn, resnet, vit, wrn  # noqa: F401  (each registers its models)
+from dytrim.models.registry import MODELS, create_model, list_models, register_model
 
 __all__ = ["MODELS", "register_model", "create_model", "list_models"]

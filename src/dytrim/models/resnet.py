@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import register_model
+from dytrim.models.registry import register_model
+
 from .base import PooledHeadNet, reference_init
 
 __all__ = ["PreActBottleneck", "ResNet", "resnet50", "STEMS"]

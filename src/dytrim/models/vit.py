@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_model
+from dytrim.models.registry import register_model
+
 from .base import PooledHeadNet
 from .pretrained import LoadReport, load_pretrained, read_state_dict
 

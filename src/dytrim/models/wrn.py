@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_model
+from dytrim.models.registry import register_model
+
 from .base import PooledHeadNet, reference_init
 
 __all__ = ["WideResNet", "PreActBlock", "wrn", "wrn_28_2", "wrn_28_8"]

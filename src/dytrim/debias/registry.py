@@ -1,0 +1,17 @@
+"""The debiaser registry: components register here by name (`@COMPONENTS.register`), each beside its own config
+section; `create_components` builds a run's stack in the order of debias.methods."""
+
+from __future__ import annotations
+
+from dytrim.config import RunConfig, register_choices
+from dytrim.engine.context import RunContext
+from dytrim.engine.hooks import Component
+from dytrim.registry import Registry
+
+COMPONENTS: Registry[Component] = Registry("debias method")
+register_choices("debias.methods", COMPONENTS.names)  # the config accepts exactly the registered names
+
+
+def create_components(cfg: RunConfig, ctx: RunContext) -> list[Component]:
+    """Build `cfg.debias.methods` in order; each factory gets the config and the run's context."""
+    return [COMPONENTS.create(name, cfg, ctx) for name in cfg.debias.methods]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -284,6 +285,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
     elif ann is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .nan / .inf
+                raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")
             return float(value)
     elif ann is str:
         if isinstance(value, str):
@@ -518,7 +521,8 @@ def validate(cfg: RunConfig) -> None:
     _check(pr.max_prior_ratio >= 0, "prune.max_prior_ratio", f"must be >= 0 (0 = no cap); got {pr.max_prior_ratio}")
     _check(0 <= pr.ratio_ema < 1, "prune.ratio_ema", f"must be in [0, 1) (0 = latest pi(I)); got {pr.ratio_ema}")
     _check(pr.epoch_steps >= 1, "prune.epoch_steps", f"must be >= 1; got {pr.epoch_steps}")
-    _check(a.pad >= 0 and a.cutout >= 0 and a.n_ops >= 0, "aug", "pad, cutout and n_ops must be >= 0")
+    for k in ("pad", "cutout", "n_ops"):
+        _check(getattr(a, k) >= 0, f"aug.{k}", f"must be >= 0; got {getattr(a, k)}")
     _check(0 <= a.magnitude <= 30, "aug.magnitude", f"must be in [0, 30]; got {a.magnitude}")
     if s.name != "supervised":
         _check(t.uratio >= 1, "train.uratio", f"{s.name} needs unlabeled images: set uratio >= 1")

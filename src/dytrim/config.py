@@ -83,6 +83,9 @@ class SSLConfig:
     thresh_warmup: bool = True  # FlexMatch: count never-predicted samples in the normaliser (warm-up)
     ema_p: float = 0.999  # FreeMatch: EMA momentum of the global/local thresholds and histograms
     lambda_e: float = 0.001  # FreeMatch: weight of the self-adaptive fairness loss (USB CIFAR-10 config)
+    ce_eps: float = 0.0  # labeled and unlabeled losses are -sum_c t_c log(softmax(z)_c + ce_eps): 0 = exact
+    #   log_softmax (USB), 1.0e-8 = the reference code (paper-* presets: the gradient shrinks by p / (p + 1e-8) where a
+    #   target's probability p is near 1e-8, and the loss caps at 18.4); YAML and --set need the dot: 1.0e-8
 
 
 @dataclass
@@ -479,6 +482,11 @@ def validate(cfg: RunConfig) -> None:
     _check(s.n_strong >= 1, "ssl.n_strong", f"must be >= 1; got {s.n_strong}")
     _check(0 <= s.ema_p < 1, "ssl.ema_p", f"must be in [0, 1); got {s.ema_p}")
     _check(s.lambda_e >= 0, "ssl.lambda_e", f"must be >= 0; got {s.lambda_e}")
+    _check(
+        0 <= s.ce_eps < float("inf"),
+        "ssl.ce_eps",
+        f"must be a finite number >= 0 (0 = exact log_softmax, 1.0e-8 = the reference code); got {s.ce_eps}",
+    )
     _check(o.lr > 0, "optim.lr", f"must be > 0; got {o.lr}")
     _check(0 <= o.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1); got {o.ema_decay}")
     _check(o.ema_wd >= 0 and o.ema_wd * o.lr < 1, "optim.ema_wd", "must be >= 0 with ema_wd * lr < 1")

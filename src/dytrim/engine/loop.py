@@ -188,7 +188,7 @@ class Trainer:
         for c in self.components:
             logits_lb = c.train_logits(logits_lb, True, step)
         y_onehot = torch.nn.functional.one_hot(batch.y_lb, self.data.num_classes).float()
-        loss_lb = soft_cross_entropy(logits_lb.float(), y_onehot)
+        loss_lb = soft_cross_entropy(logits_lb.float(), y_onehot, cfg.ssl.ce_eps)
         loss = (loss_lb * batch.w_lb).mean()
         stats = {"loss_x": loss_lb.detach().mean()}  # device scalars: read at evaluation, not per step
         out = StepOutput(loss_lb=loss_lb.detach(), loss_ulb=None, targets=None, mask=None, logits_ulb_w=None)
@@ -206,7 +206,7 @@ class Trainer:
             for z in logits_s:
                 for c in self.components:
                     z = c.train_logits(z, False, step)
-                per_view.append(soft_cross_entropy(z.float(), targets) * mask)
+                per_view.append(soft_cross_entropy(z.float(), targets, cfg.ssl.ce_eps) * mask)
             loss_ulb = torch.stack(per_view)  # [n_strong, Bu]
             loss_u = (loss_ulb * batch.w_ulb).mean()  # mean over n_strong * Bu terms, as the reference
             extra = self.ssl.extra_loss(torch.cat(logits_s), targets, mask)

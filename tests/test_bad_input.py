@@ -3,6 +3,7 @@ or file and the fix, exit code 2, and no output left behind; plus property tests
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dytrim.cli import main
-from dytrim.config import ConfigError, RunConfig, all_keys, get_key, load_config, parse_override
+from dytrim.config import ConfigError, RunConfig, all_keys, get_key, load_config, parse_override, set_key, validate
 
 BASE = ["train", "--preset", "mnist-lt-fixmatch", "--set", "train.progress=false"]
 
@@ -89,11 +90,17 @@ def test_names_key_is_exact() -> None:
     assert not names_key("data.n1s: x", "data.n1")
 
 
+BASE_CFG = load_config("mnist-lt-fixmatch")
+
+
 def check_override(key: str, value) -> None:
-    """load_config with key=value validates, or raises a ConfigError about that key (or, for the overrides in
-    REFUSED_UNDER, the key it lacks); never another exception, never a NaN or infinite number accepted."""
+    """The preset with key=value validates, or raises a ConfigError about that key (or, for the overrides in
+    REFUSED_UNDER, the key it lacks); never another exception, never a NaN or infinite number accepted. (What
+    load_config does for one override, minus re-reading the preset: 20x faster.)"""
     try:
-        cfg = load_config("mnist-lt-fixmatch", [f"{key}={value}"])
+        cfg = copy.deepcopy(BASE_CFG)
+        set_key(cfg, *parse_override(f"{key}={value}"))
+        validate(cfg)
     except ConfigError as exc:
         try:
             parsed = parse_override(f"{key}={value}")[1]

@@ -154,6 +154,7 @@ def test_run_methods_cover_the_registry() -> None:
     assert not _changes_predictions("reweight") and not _changes_predictions("dytrim,logit_adjust")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("methods", RUN_METHODS)
 def test_short_run_logs_probe_and_debiased_metrics(tmp_path, methods) -> None:
     from dytrim.cli import main

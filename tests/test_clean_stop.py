@@ -19,6 +19,8 @@ import torch
 from dytrim.engine.checkpoint import checkpoint_paths
 from dytrim.engine.runlog import read_rows
 
+pytestmark = pytest.mark.slow  # trains or runs the CLI end to end (see pyproject.toml)
+
 COMMON = ["--preset", "mnist-lt-fixmatch", "--set", "debias.methods=cdmad,dytrim", "--set", "debias.start=16",
           "--set", "train.steps=96", "--set", "train.eval_every=8", "--set", "train.progress=false",
           "--set", "train.threads=1",

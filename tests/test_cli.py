@@ -17,6 +17,7 @@ def _rows(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_mnist_default_smoke(tmp_path) -> None:
     out = tmp_path / "run"
     rc = main(["train", "--preset", "mnist-lt-fixmatch", "--set", "train.steps=30", "--set", "train.eval_every=10",
@@ -36,6 +37,7 @@ def test_mnist_default_smoke(tmp_path) -> None:
     assert list(out.glob("ckpt_*.pt"))
 
 
+@pytest.mark.slow
 def test_cifar10lt_cpu_preset_smoke_real_data(tmp_path, shared_data) -> None:
     """30 steps of the CPU preset on the real CIFAR-10-LT split, through the console script."""
     out = tmp_path / "c10"
@@ -51,6 +53,7 @@ def test_cifar10lt_cpu_preset_smoke_real_data(tmp_path, shared_data) -> None:
     assert summary["full_test"]["eval_n"] == 10000  # the final full-test evaluation
 
 
+@pytest.mark.slow
 def test_data_info_reports_paper_split(shared_data, capsys) -> None:
     rc = main(["data", "info", "--preset", "paper-cifar10lt-fixmatch", "--set", f"data.root={shared_data}"])
     assert rc == 0
@@ -77,6 +80,7 @@ def test_bad_input_stops_before_training(tmp_path, capsys, args, expected) -> No
     assert not (out / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_run(tmp_path, capsys) -> None:
     out = tmp_path / "r"
     base = ["train", "--preset", "mnist-lt-fixmatch", "--set", "train.steps=2", "--set", "train.eval_every=2",
@@ -86,6 +90,7 @@ def test_refuses_to_overwrite_a_run(tmp_path, capsys) -> None:
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path) -> None:
     """Stop after 20 steps, resume to 30: the metrics equal those of a straight 30-step run, bit for bit."""
     common = ["--preset", "mnist-lt-fixmatch", "--set", "train.eval_every=10", "--set", "train.progress=false",

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from dytrim.engine.runlog import read_rows
 
 COMMON = ["--preset", "mnist-lt-fixmatch", "--set", "debias.methods=cdmad,dytrim", "--set", "debias.start=16",
@@ -29,6 +31,7 @@ def _metrics(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in volatile} for r in read_rows(run / "metrics.jsonl")]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_step_then_resume_is_bitwise_identical(tmp_path) -> None:
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     assert _train(*COMMON, "--out", str(straight)).wait(timeout=600) == 0

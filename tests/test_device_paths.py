@@ -54,6 +54,7 @@ def test_rng_states_restore_exactly_and_a_device_change_is_refused() -> None:
         restore(state | {"aug_device": "cuda"}, other)
 
 
+@pytest.mark.slow
 def test_resume_on_another_device_type_is_one_line(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     assert main(["train", *TINY, "--set", "train.steps=3", "--out", str(run)]) == 0
@@ -136,6 +137,7 @@ def _metrics(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in volatile} for r in read_rows(run / "metrics.jsonl")]
 
 
+@pytest.mark.slow
 def test_bf16_trains_records_and_resumes_bitwise(tmp_path) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
     bf16 = [*TINY, "--set", "train.precision=bf16"]
@@ -150,6 +152,7 @@ def test_bf16_trains_records_and_resumes_bitwise(tmp_path) -> None:
     assert _metrics(fp32)[-1]["loss"] != _metrics(straight)[-1]["loss"]  # bf16 really ran
 
 
+@pytest.mark.slow
 def test_compile_failure_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch) -> None:
     def broken(*a, **k):
         def fn(x):
@@ -169,6 +172,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(tmp_path, monkeypa
     assert json.loads((fell_back / "run.json").read_text())["compiled"] is True
 
 
+@pytest.mark.slow
 def test_two_process_ddp_in_bf16_keeps_ranks_in_sync(tmp_path) -> None:
     """DDP (gloo, CPU) with bf16 autocast: every rank holds the same weights and state at every evaluation."""
     import os

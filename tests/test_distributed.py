@@ -14,6 +14,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains or runs the CLI end to end (see pyproject.toml)
+
 CFG = ["--preset", "mnist-lt-fixmatch", "--set", "ssl.name=flexmatch", "--set", "debias.methods=cdmad,dytrim",
        "--set", "debias.start=10", "--set", "train.steps=60", "--set", "train.eval_every=20",
        "--set", "train.progress=false", "--set", "train.threads=1",

@@ -173,6 +173,7 @@ def test_prior_curve_from_metrics_and_from_checkpoints(tmp_path: Path) -> None:
     assert curve.prior_eval.shape == (1, 10) and float(curve.prior_eval.sum()) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_cli_dynamics_prior_writes_png_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _fake_run(tmp_path, with_probe=True)
     out = tmp_path / "fig" / "prior.png"

@@ -10,6 +10,8 @@ import pytest
 
 from dytrim.cli import main
 
+pytestmark = pytest.mark.slow  # trains or runs the CLI end to end (see pyproject.toml)
+
 STEPS = ["--set", "train.steps=4", "--set", "train.eval_every=2", "--set", "train.progress=false",
          "--set", "train.threads=1", "--set", "model.name=cnn_small"]
 

@@ -226,6 +226,7 @@ def _rows(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
 
 
+@pytest.mark.slow
 def test_flexmatch_cli_run(tmp_path) -> None:
     out = tmp_path / "x"
     assert main(["train", *COMMON, "--set", "ssl.name=flexmatch", "--set", "train.steps=20", "--out", str(out)]) == 0
@@ -239,6 +240,7 @@ def test_flexmatch_cli_run(tmp_path) -> None:
 
 # fast-moving state so that a state lost on resume would change the masks within 10 steps: FreeMatch ema_p 0.9;
 # FlexMatch p_cutoff 0.6 (samples get selected early) without warm-up (the leading class gets threshold 0.6)
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "fast"),
     [("freematch", ["ssl.ema_p=0.9"]), ("flexmatch", ["ssl.p_cutoff=0.6", "ssl.thresh_warmup=false"])],

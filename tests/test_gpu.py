@@ -27,6 +27,7 @@ def _metrics(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in volatile} for r in read_rows(run / "metrics.jsonl")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_resume_is_bitwise_identical(tmp_path, precision) -> None:
     """Checkpoints are loaded onto the GPU (RNG states included) and the resumed run equals a straight one."""
@@ -50,6 +51,7 @@ def test_put_last_on_cuda_equals_cpu() -> None:
     assert torch.equal(cpu, gpu.cpu())
 
 
+@pytest.mark.slow
 def test_eval_and_predict_on_cuda(tmp_path, capsys) -> None:
     from PIL import Image
 

@@ -14,6 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_carried_arrays_rebuild_the_real_split(shared_data, tmp_path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from gpu_check import make_data

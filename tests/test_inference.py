@@ -16,6 +16,8 @@ from dytrim.cli import main
 from dytrim.data.images import list_images, load_image
 from dytrim.export import load_exported
 
+pytestmark = pytest.mark.slow  # trains or runs the CLI end to end (see pyproject.toml)
+
 CLASSES = ["ant", "moth", "zebra"]
 
 

@@ -37,6 +37,7 @@ def test_weights_are_loaded_into_the_model(tmp_path) -> None:
     assert not torch.equal(plain["head.weight"], state["head.weight"])
 
 
+@pytest.mark.slow
 def test_other_head_is_kept_at_init_and_reported(tmp_path) -> None:
     weights = tmp_path / "w.pt"
     state = _foreign_weights(weights, head_classes=7)
@@ -62,6 +63,7 @@ def test_bad_weights_stop_before_training(tmp_path, capsys, kind) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_resume_needs_no_weights_file(tmp_path) -> None:
     weights = tmp_path / "w.pt"
     _foreign_weights(weights)
@@ -73,6 +75,7 @@ def test_resume_needs_no_weights_file(tmp_path) -> None:
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
 
 
+@pytest.mark.slow
 def test_exported_run_and_training_checkpoint(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     assert main([*BASE, "--set", "train.steps=2", "--set", "train.eval_every=2", "--out", str(run)]) == 0

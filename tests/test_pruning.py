@@ -137,6 +137,7 @@ def test_dytrim_prunes_after_first_pass_and_anneals(tmp_path) -> None:
     assert torch.equal(dy.w_ulb, torch.ones_like(dy.w_ulb))
 
 
+@pytest.mark.slow
 def test_dytrim_state_round_trip(tmp_path) -> None:
     a = _trainer(tmp_path / "a", "train.steps=100", "debias.start=0")
     for _ in range(45):
@@ -157,6 +158,7 @@ def test_dytrim_state_round_trip(tmp_path) -> None:
     assert torch.equal(da.score_ulb, db.score_ulb) and torch.equal(da.w_ulb, db.w_ulb)
 
 
+@pytest.mark.slow
 def test_dytrim_resume_matches_uninterrupted_run(tmp_path) -> None:
     """A 60-step run 'crashes' after step 30 (later checkpoints and outputs removed) and resumes: the
     metrics, pruning fields included, equal the uninterrupted run's bit for bit."""
@@ -177,6 +179,7 @@ def test_dytrim_resume_matches_uninterrupted_run(tmp_path) -> None:
     assert a == b and a[-1]["pruning"]["passes_ulb"] >= 2
 
 
+@pytest.mark.slow
 def test_shrink_budget_saves_updates(tmp_path) -> None:
     out = tmp_path / "shrink"
     assert main(["train", "--preset", "mnist-lt-fixmatch", "--set", "debias.methods=cdmad,dytrim",
@@ -196,6 +199,7 @@ def test_resample_and_dytrim_exclusive() -> None:
         load_config("mnist-lt-fixmatch", ["prune.keep_rate=0"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["cpu-cifar10lt-dytrim", "cpu-cifar10lt-flexmatch-dytrim",
                                     "cpu-cifar10lt-freematch-dytrim", "cpu-cifar10lt-dytrim-shrink"])
 def test_dytrim_presets_short_real_run(tmp_path, shared_data, preset) -> None:
@@ -280,6 +284,7 @@ OUR_DYTRIM_PRESETS = ["mnist-lt-dytrim", "cpu-cifar10lt-dytrim", "cpu-cifar10lt-
                       "cpu-cifar10lt-dytrim-abl-lb", "cpu-cifar10lt-dytrim-abl-norescale"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", OUR_DYTRIM_PRESETS)
 def test_our_presets_rule_keeps_every_class_for_any_ratio(preset) -> None:
     """The rule of our own presets keeps >= 1 labeled image of every class for any r_c in [0, 1]."""
@@ -288,6 +293,7 @@ def test_our_presets_rule_keeps_every_class_for_any_ratio(preset) -> None:
         assert _min_kept(p, counts, _ratio_grid(len(counts))) >= 1, counts
 
 
+@pytest.mark.slow
 def test_reference_rule_erases_a_class_so_the_check_can_fail() -> None:
     p = load_config("paper-cifar10lt-g100-dytrim").prune
     assert (p.min_keep, p.rounding, p.max_ratio, p.max_prior_ratio, p.ratio_ema) == (0, "floor", 1.0, 0.0, 0.0)
@@ -322,6 +328,7 @@ def test_rule_keys_validated(key, value) -> None:
         load_config("mnist-lt-dytrim", [f"{key}={value}"])
 
 
+@pytest.mark.slow
 def test_rule_options_in_training_and_logged_fields(tmp_path) -> None:
     """EMA of pi(I), prior cap and floor in a short run: r_c obeys the cap, every class keeps an image, and
     each evaluation logs pi_I, pi_I_ema and the masked pseudo-label class shares."""

@@ -11,6 +11,8 @@ import pytest
 
 from dytrim.cli import main
 
+pytestmark = pytest.mark.slow  # trains or runs the CLI end to end (see pyproject.toml)
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

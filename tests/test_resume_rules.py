@@ -48,6 +48,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, why", REFUSED, ids=[r[0].split("=")[0] for r in REFUSED])
 def test_changing_the_experiment_is_refused_and_touches_nothing(trained, tmp_path, capsys, override, why) -> None:
     run = _copy(trained, tmp_path)
@@ -60,6 +61,7 @@ def test_changing_the_experiment_is_refused_and_touches_nothing(trained, tmp_pat
     assert _tree_hash(run) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", ["train.steps=6", "train.eval_every=3", "train.ckpt_every=1",
                                       "train.keep_ckpts=3", "train.threads=1", "train.progress=false",
                                       "train.eval_batch_size=64", "train.device=cpu"])
@@ -71,6 +73,7 @@ def test_allowed_keys_resume(trained, tmp_path, override) -> None:
     assert str(saved[section][leaf]).lower() == override.split("=")[1].lower()
 
 
+@pytest.mark.slow
 def test_allowed_key_is_validated_like_a_fresh_config(trained, tmp_path, capsys) -> None:
     run = _copy(trained, tmp_path)
     before = _tree_hash(run)
@@ -79,6 +82,7 @@ def test_allowed_key_is_validated_like_a_fresh_config(trained, tmp_path, capsys)
     assert _tree_hash(run) == before
 
 
+@pytest.mark.slow
 def test_other_data_under_data_root_is_refused(trained, tmp_path, capsys) -> None:
     """data.root may move, but the files must be the ones the run started on (sha256 in run.json)."""
     from dytrim.data.mnist import read_mnist10k
@@ -95,6 +99,7 @@ def test_other_data_under_data_root_is_refused(trained, tmp_path, capsys) -> Non
     assert _tree_hash(run) == before
 
 
+@pytest.mark.slow
 def test_config_yaml_that_disagrees_with_the_checkpoint_is_refused(trained, tmp_path, capsys) -> None:
     run = _copy(trained, tmp_path)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -107,6 +112,7 @@ def test_config_yaml_that_disagrees_with_the_checkpoint_is_refused(trained, tmp_
     assert _tree_hash(run) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trace", ["ckpt_00000002.pt", "config.yaml", "metrics.jsonl", "run.json"])
 def test_out_with_any_trace_of_a_run_is_refused_without_resume(trained, tmp_path, capsys, trace) -> None:
     out = tmp_path / "out"
@@ -127,6 +133,7 @@ def test_resumable_keys_exist_and_everything_else_is_refused() -> None:
         assert needed in refused
 
 
+@pytest.mark.slow
 def test_resume_says_where_it_continues_from(trained, tmp_path, capsys) -> None:
     run = _copy(trained, tmp_path)
     assert main(["train", "--resume", str(run), "--set", "train.steps=6"]) == 0

@@ -80,6 +80,7 @@ def _png(path: Path) -> None:
     Image.fromarray(np.full((28, 28), 200, np.uint8)).save(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plain", [False, True], ids=["torch-zip", "plain-pickle"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_payload_checkpoint_never_runs(trained, tmp_path, capsys, command, plain) -> None:
@@ -97,6 +98,7 @@ def test_payload_checkpoint_never_runs(trained, tmp_path, capsys, command, plain
         assert any("posix.mkdir" in str(w.message) for w in caught)  # names what it refused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train --resume", "eval", "predict", "export"])
 def test_only_a_payload_checkpoint_is_an_error_not_a_fresh_start(trained, tmp_path, capsys, command) -> None:
     run = _copy(trained, tmp_path / "run")
@@ -113,6 +115,7 @@ def test_only_a_payload_checkpoint_is_an_error_not_a_fresh_start(trained, tmp_pa
     assert (run / "metrics.jsonl").read_bytes() == before  # a resume did not start over
 
 
+@pytest.mark.slow
 def test_checkpoints_load_weights_only_with_every_state(tmp_path) -> None:
     """A run with the most state (FlexMatch, DyTrim's scores and samplers, resample's generator) writes
     checkpoints that torch.load(weights_only=True) reads, stamped with the format version."""
@@ -132,6 +135,7 @@ def test_other_format_version_is_refused_naming_both(tmp_path) -> None:
         load_latest(tmp_path)
 
 
+@pytest.mark.slow
 def test_pretrained_weights_with_payload_are_refused(trained, tmp_path, capsys) -> None:
     marker, weights = tmp_path / "PWNED", tmp_path / "w.pt"
     torch.save({"conv.weight": torch.zeros(1), "evil": Payload(marker)}, weights)
@@ -140,6 +144,7 @@ def test_pretrained_weights_with_payload_are_refused(trained, tmp_path, capsys) 
     assert "model.pretrained" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_exports_load_as_data(trained, tmp_path) -> None:
     from dytrim.config import ConfigError
     from dytrim.export import load_exported

@@ -14,6 +14,7 @@ TINY = ["--preset", "mnist-lt-fixmatch", "--set", "debias.methods=cdmad,dytrim",
         "--set", "train.threads=1"]
 
 
+@pytest.mark.slow
 def test_every_metric_is_a_scalar_read_back(tmp_path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

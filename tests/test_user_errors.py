@@ -75,6 +75,7 @@ def _fail_nth_save(monkeypatch, n: int, err: int) -> None:
     monkeypatch.setattr(ckpt_mod.torch, "save", save)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EACCES, errno.EROFS], ids=["ENOSPC", "EACCES", "EROFS"])
 def test_write_failure_mid_run_exit_4_keeps_last_checkpoint(tmp_path, capsys, monkeypatch, err) -> None:
     out = tmp_path / "run"
@@ -88,6 +89,7 @@ def test_write_failure_mid_run_exit_4_keeps_last_checkpoint(tmp_path, capsys, mo
     assert main(["train", "--resume", str(out)]) == 0  # and the run continues from it
 
 
+@pytest.mark.slow
 def test_metrics_write_failure_names_the_file(tmp_path, capsys, monkeypatch) -> None:
     from dytrim.engine import runlog
 
@@ -119,6 +121,7 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_predict_with_no_readable_image_fails(trained, tmp_path, capsys) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
@@ -128,6 +131,7 @@ def test_predict_with_no_readable_image_fails(trained, tmp_path, capsys) -> None
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
 def test_predict_unwritable_out_fails_before_any_work(trained, tmp_path, capsys, monkeypatch) -> None:
     from PIL import Image
 
@@ -153,6 +157,7 @@ def test_predict_unwritable_out_fails_before_any_work(trained, tmp_path, capsys,
 # ----------------------------------------------------------------------------- provenance
 
 
+@pytest.mark.slow
 def test_run_json_records_the_data_files(trained) -> None:
     from dytrim.data.mnist import MNIST10K_SHA256
 
@@ -161,6 +166,7 @@ def test_run_json_records_the_data_files(trained) -> None:
     assert files[0]["path"].endswith("mnist10k.npz") and "known hash" in files[0]["checked_against"]
 
 
+@pytest.mark.slow
 def test_unlisted_data_file_is_hashed_recorded_and_warned(tmp_path, capsys) -> None:
     from dytrim.data.integrity import sha256_of
     from dytrim.data.mnist import read_mnist10k
@@ -199,6 +205,7 @@ def test_split_without_labeled_images_for_a_class_is_refused(tmp_path, capsys) -
     assert load_data(cfg.data, 0).split.lb_counts[-2:] == [0, 0]
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_is_not_an_error() -> None:
     """`dytrim presets --keys | head -1`: the reader stopping early is normal use, exit 0 and nothing on stderr."""
     import subprocess

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 import types
 import typing
@@ -150,6 +151,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
     elif ann is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .nan / .inf
+                raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")
             return float(value)
     elif ann is str:
         if isinstance(value, str):

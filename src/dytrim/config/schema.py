@@ -113,6 +113,9 @@ class SSLConfig:
     thresh_warmup: bool = True  # FlexMatch: count never-predicted samples in the normaliser (warm-up)
     ema_p: float = 0.999  # FreeMatch: EMA momentum of the global/local thresholds and histograms
     lambda_e: float = 0.001  # FreeMatch: weight of the self-adaptive fairness loss (USB CIFAR-10 config)
+    ce_eps: float = 0.0  # labeled and unlabeled losses are -sum_c t_c log(softmax(z)_c + ce_eps): 0 = exact
+    #   log_softmax (USB), 1.0e-8 = the reference code (paper-* presets: the gradient shrinks by p / (p + 1e-8) where a
+    #   target's probability p is near 1e-8, and the loss caps at 18.4); YAML and --set need the dot: 1.0e-8
 
 
 @dataclass

@@ -54,6 +54,11 @@ def validate(cfg: RunConfig) -> None:
     require(s.n_strong >= 1, "ssl.n_strong", f"must be >= 1; got {s.n_strong}")
     require(0 <= s.ema_p < 1, "ssl.ema_p", f"must be in [0, 1); got {s.ema_p}")
     require(s.lambda_e >= 0, "ssl.lambda_e", f"must be >= 0; got {s.lambda_e}")
+    require(
+        0 <= s.ce_eps < float("inf"),
+        "ssl.ce_eps",
+        f"must be a finite number >= 0 (0 = exact log_softmax, 1.0e-8 = the reference code); got {s.ce_eps}",
+    )
     require(o.lr > 0, "optim.lr", f"must be > 0; got {o.lr}")
     require(0 <= o.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1); got {o.ema_decay}")
     require(o.ema_wd >= 0 and o.ema_wd * o.lr < 1, "optim.ema_wd", "must be >= 0 with ema_wd * lr < 1")
@@ -88,7 +93,8 @@ def validate(cfg: RunConfig) -> None:
         check = getattr(cfg.sections[name], "check", None)
         if check is not None:
             check(cfg)
-    require(a.pad >= 0 and a.cutout >= 0 and a.n_ops >= 0, "aug", "pad, cutout and n_ops must be >= 0")
+    for k in ("pad", "cutout", "n_ops"):
+        require(getattr(a, k) >= 0, f"aug.{k}", f"must be >= 0; got {getattr(a, k)}")
     require(0 <= a.magnitude <= 30, "aug.magnitude", f"must be in [0, 30]; got {a.magnitude}")
     if s.name != "supervised":
         require(t.uratio >= 1, "train.uratio", f"{s.name} needs unlabeled images: set uratio >= 1")

@@ -15,9 +15,17 @@ student now (`pi_I`), and the class shares of the masked pseudo-labels since the
 (`pseudo_dist`). z(I) is the loop's per-step probe (ctx.z_I), shared with CDMAD when both are listed (the
 reference recipe).
 
-Differences from the reference code, on purpose: its loaders are re-created at every 500-iteration epoch,
-which reshuffles the current kept list mid-pass without re-pruning (here a pass runs to its end); and its
-annealing test uses the epoch count, here the step clock (step >= delta * train.steps).
+Differences from the reference code, on purpose (here the next pass is chosen once the last batch of the current
+one has been trained and scored):
+- its loaders are re-created at every 500-iteration epoch, which reshuffles the current kept list mid-pass
+  without re-pruning, so a kept list of more than about 500 batches is never re-pruned there (STL-10's ~1,600
+  unlabeled batches of 64); here a pass runs to its end;
+- its DataLoader (4 workers x prefetch factor 2) draws indices 8 batches ahead, so its sampler runs out and
+  re-prunes while the pass's last 8 batches are still to be trained: that choice reads their samples' previous
+  scores (up to 256 labeled / 512 unlabeled);
+- annealing: it tests epoch > delta * 500 (epoch = the 0-based 500-iteration epoch) at each re-prune, so full
+  data starts at the first re-prune from step 438 * 500 = 219,000 (0.876 of 250k); here at the first re-prune
+  from step delta * train.steps of the step clock (218,750), which runs ahead of the updates with prune.budget=shrink.
 """
 
 from __future__ import annotations

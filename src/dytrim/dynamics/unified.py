@@ -126,7 +126,7 @@ def view_method(
     ctx = analysis_context(model, data, cfg)
     comps = create_components(cfg, ctx)
     step_fn = StepFunction(create_ssl(cfg.ssl, data.num_classes, len(data.ulb_idx)), comps, data.num_classes,
-                           cfg.ssl.lambda_u)
+                           cfg.ssl.lambda_u, ce_eps=cfg.ssl.ce_eps)
     maker = BatchMaker(data, cfg, seed)
     lb_labels = data.y_train[data.lb_idx]
     lb_s = [s for c in comps if (s := c.labeled_sampler(lb_labels, n_lb, seed))]

@@ -16,6 +16,10 @@ class EMATeacher:
     wd > 0 (the loop passes optim.ema_wd * lr) reproduces the reference's "weight decay": after the
     EMA update, every floating tensor of the STUDENT's state dict (BN buffers too) is multiplied by
     (1 - wd).
+
+    Integer buffers (BN's `num_batches_tracked`) are copied from the student. The reference's EMA keeps 0
+    there, on purpose not reproduced: its update works on a float copy of that tensor. BN reads the count
+    only when its momentum is None (a cumulative average); ours is fixed, so no result depends on it.
     """
 
     def __init__(self, model: nn.Module, decay: float, buffers: str = "ema") -> None:

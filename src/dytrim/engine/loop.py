@@ -53,7 +53,7 @@ class Trainer:
         self.pretrained, self.precision, self.compiled = parts.pretrained, parts.precision, parts.compiled
         self.progress = ctx.progress
         cfg, d = self.cfg, self.data
-        self.step_fn = StepFunction(ssl, self.components, d.num_classes, cfg.ssl.lambda_u, self.dist)
+        self.step_fn = StepFunction(ssl, self.components, d.num_classes, cfg.ssl.lambda_u, self.dist, cfg.ssl.ce_eps)
         self.uses_probe = any(c.uses_probe for c in self.components)  # no component asks: no probe forward
         lb_seed = cfg.seed * 1000 + 1
         custom = [s for c in self.components

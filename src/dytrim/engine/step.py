@@ -111,17 +111,19 @@ class StepFunction:
 
     def __init__(
         self, ssl: PseudoLabeler, components: Sequence[Component], num_classes: int, lambda_u: float,
-        dist: Collectives | None = None,
+        dist: Collectives | None = None, ce_eps: float = 0.0,
     ) -> None:
         self.ssl, self.components, self.num_classes, self.lambda_u = ssl, list(components), num_classes, lambda_u
         self.dist = dist or Alone()
+        self.ce_eps = ce_eps  # ssl.ce_eps: 0 = exact log_softmax, 1e-8 = the reference code's log(softmax + 1e-8)
 
     def supervised_loss(self, logits_lb: torch.Tensor, y_lb: torch.Tensor, step: int) -> torch.Tensor:
         """[B] unweighted cross-entropy of the labeled logits after the train_logits hooks."""
         for c in self.components:
             logits_lb = c.train_logits(logits_lb, True, step)
         logits_lb = _wide(logits_lb)
-        return soft_cross_entropy(logits_lb, torch.nn.functional.one_hot(y_lb, self.num_classes).to(logits_lb.dtype))
+        y_onehot = torch.nn.functional.one_hot(y_lb, self.num_classes).to(logits_lb.dtype)
+        return soft_cross_entropy(logits_lb, y_onehot, self.ce_eps)
 
     def consistency_loss(
         self, logits_s: Sequence[torch.Tensor], targets: torch.Tensor, mask: torch.Tensor, step: int
@@ -132,7 +134,7 @@ class StepFunction:
             for c in self.components:
                 z = c.train_logits(z, False, step)
             z = _wide(z)
-            per_view.append(soft_cross_entropy(z, targets.to(z.dtype)) * mask)
+            per_view.append(soft_cross_entropy(z, targets.to(z.dtype), self.ce_eps) * mask)
         return torch.stack(per_view)
 
     def pseudo_labels(

@@ -64,6 +64,7 @@ def registered() -> Iterator[None]:
     COMPONENTS._items.pop("head_downweight")
 
 
+@pytest.mark.slow
 def test_a_new_debiaser_is_one_file(registered, tmp_path) -> None:
     from dytrim.cli import main
 

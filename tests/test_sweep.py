@@ -27,6 +27,9 @@ def _preset_stacks() -> set[tuple[str, ...]]:
 
 STACKS = sorted({(m,) for m in COMPONENTS.names()} | _preset_stacks() | {()})
 CASES = [(ssl, stack) for ssl in ALGORITHMS.names() for stack in STACKS]
+FAST = ("fixmatch", ("cdmad", "dytrim"))  # the reference recipe stays in the fast selection; the rest are `slow`
+PARAMS = [pytest.param(s, m, id=f"{s}-{'+'.join(m) or 'none'}", marks=() if (s, m) == FAST else pytest.mark.slow)
+          for s, m in CASES]
 
 
 def _trainer(out: Path, ssl: str, stack: tuple[str, ...], resume: bool = False):
@@ -46,7 +49,7 @@ def test_the_sweep_covers_every_registered_name() -> None:
     assert len(CASES) == len(ALGORITHMS.names()) * len(STACKS)
 
 
-@pytest.mark.parametrize(("ssl", "stack"), CASES, ids=[f"{s}-{'+'.join(m) or 'none'}" for s, m in CASES])
+@pytest.mark.parametrize(("ssl", "stack"), PARAMS)
 def test_two_steps_checkpoint_and_exact_resume(tmp_path, ssl: str, stack: tuple[str, ...]) -> None:
     straight = _trainer(tmp_path / "a", ssl, stack)
     _steps(straight, 4)

@@ -1,10 +1,10 @@
-"""The one training loop. Read it top to bottom: `train_step` is the whole method.
+"""The one training loop. Read it top to bottom: `train_step` is one update, `fit` the run around it.
 
-Order of a step (STYLE.md habit 1; component hooks in brackets): [before_step] -> sample -> weak/strong
-views -> [weight] -> forward passes -> [pseudo_logits] (e.g. CDMAD) -> targets and mask (SSL algorithm)
--> [weight_unlabeled] -> [train_logits] (e.g. logit adjustment) -> per-sample losses x weights ->
-backward -> optimiser -> EMA -> [observe]. Evaluation uses the EMA model; [eval_logits] give the
-debiased predictions, and every evaluation probes the baseline image.
+Order of a step (STYLE.md habit 1; component hooks in brackets): [the probe z(I), if a component asks] ->
+[before_step] -> sample -> weak/strong views -> the step function (engine/step.py: [weight] -> forward passes ->
+[pseudo_logits] (e.g. CDMAD) -> targets and mask (SSL algorithm) -> [weight_unlabeled] -> [train_logits] (e.g.
+logit adjustment) -> per-sample losses x weights) -> backward -> optimiser -> EMA -> [observe]. Evaluation uses
+the EMA model; [eval_logits] give the debiased predictions, and every evaluation probes the baseline image.
 """
 
 from __future__ import annotations

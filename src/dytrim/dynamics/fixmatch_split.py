@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dytrim.config import SSLConfig
 from dytrim.dynamics.decompose import Decomposition, LossFn, decompose_step
 from dytrim.dynamics.ntk import eval_mode
-from dytrim.engine.losses import soft_cross_entropy
+from dytrim.engine.step import StepFunction
 from dytrim.ssl import create_ssl
 
 
@@ -55,14 +54,15 @@ class FixMatchSplit:
 
 def fixmatch_loss(
     y_lb: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, lambda_u: float,
-    w_lb: torch.Tensor | None = None, w_ulb: torch.Tensor | None = None,
+    w_lb: torch.Tensor | None = None, w_ulb: torch.Tensor | None = None, ce_eps: float = 0.0,
 ) -> LossFn:
-    """The loop's FixMatch loss as a function of {"supervised": z_lb, "consistency": z_s} (weights default 1)."""
+    """The loop's FixMatch loss as a function of {"supervised": z_lb, "consistency": z_s} (weights default 1): the
+    step function's own loss terms (engine/step.py), so ssl.ce_eps means here what it means in training."""
+    terms = StepFunction(None, [], targets.shape[-1], lambda_u, ce_eps=ce_eps)  # its loss terms need no rule
 
     def loss(z: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        onehot = F.one_hot(y_lb, targets.shape[-1]).to(z["supervised"].dtype)
-        sup = soft_cross_entropy(z["supervised"], onehot)
-        cons = soft_cross_entropy(z["consistency"], targets.to(z["consistency"].dtype)) * mask
+        sup = terms.supervised_loss(z["supervised"], y_lb, 0)
+        cons = terms.consistency_loss([z["consistency"]], targets, mask, 0)[0]
         sup = sup * w_lb if w_lb is not None else sup
         cons = cons * w_ulb if w_ulb is not None else cons
         return sup.mean() + lambda_u * cons.mean()
@@ -89,7 +89,7 @@ def split_fixmatch_step(
         logits_w = model(x_ulb_w)
     targets, mask = rule.pseudo_targets(logits_w, torch.arange(len(x_ulb_w)))
     targets, mask = targets.to(x_o.dtype), mask.to(x_o.dtype)
-    loss = fixmatch_loss(y_lb, targets, mask, ssl.lambda_u)
+    loss = fixmatch_loss(y_lb, targets, mask, ssl.lambda_u, ce_eps=ssl.ce_eps)
     dec = decompose_step(model, x_o, {"supervised": x_lb, "consistency": x_ulb_s}, loss, lr, real=real)
     return FixMatchSplit(dec, y_o, y_ulb, targets.argmax(-1), mask)
 

@@ -107,10 +107,11 @@ def _wide(z: torch.Tensor) -> torch.Tensor:
 
 
 class StepFunction:
-    """A step's computation for one SSL base and its stack of components."""
+    """A step's computation for one SSL base and its stack of components (`ssl` None: only the loss terms are
+    used, with targets and mask given, as by the analysis tools)."""
 
     def __init__(
-        self, ssl: PseudoLabeler, components: Sequence[Component], num_classes: int, lambda_u: float,
+        self, ssl: PseudoLabeler | None, components: Sequence[Component], num_classes: int, lambda_u: float,
         dist: Collectives | None = None, ce_eps: float = 0.0,
     ) -> None:
         self.ssl, self.components, self.num_classes, self.lambda_u = ssl, list(components), num_classes, lambda_u
@@ -142,6 +143,7 @@ class StepFunction:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(targets, mask, adjusted weak logits) of the global batch from its weak logits (pseudo_logits hooks,
         then the SSL base's rule)."""
+        assert self.ssl is not None, "pseudo-labels need an SSL base"
         for c in self.components:
             logits_w = c.pseudo_logits(logits_w, step)
         targets, mask = self.ssl.pseudo_targets(logits_w, ulb_pos)
@@ -149,6 +151,7 @@ class StepFunction:
 
     def run(self, batch: Batch, forward: Forward, step: int) -> StepResult:
         """Hooks, forward passes, pseudo-labels and the loss of one batch (the weights in `batch` are updated)."""
+        assert self.ssl is not None, "a step needs an SSL base"
         for c in self.components:
             c.weight(batch, step)
         if not self.ssl.uses_unlabeled:

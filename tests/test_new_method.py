@@ -1,4 +1,5 @@
-"""Adding a debiaser is one new file: its config section and its component, each with its registration line.
+"""Adding a debiaser (or an SSL base) is one new file: its config section and its component, each with its
+registration line.
 
 Everything below the two classes is the proof: no library file is edited, yet the method is an allowed
 `debias.methods` name, its keys are typed, validated, listed with help and settable with --set, it trains through
@@ -19,6 +20,8 @@ from dytrim.config import SECTIONS, ConfigError, RunConfig, config_section, key_
 from dytrim.debias.registry import COMPONENTS
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component
+from dytrim.ssl.base import ALGORITHMS
+from dytrim.ssl.fixmatch import FixMatch
 
 
 # ----------------------------------------------------------------------------- the whole new debiaser
@@ -85,3 +88,36 @@ def test_a_new_debiaser_is_one_file(registered, tmp_path) -> None:
     assert [r["step"] for r in rows] == [3, 6]
     state = torch.load(sorted(out.glob("ckpt_*.pt"))[-1], weights_only=True)
     assert state["components"]["head_downweight"]["seen"] == 6 * 32  # six labeled batches of 32
+
+
+# ----------------------------------------------------------------------------- a new SSL base, the same way
+class TopTwoMatch(FixMatch):
+    """FixMatch whose mask also needs a margin between the top two weak-view probabilities (an example rule)."""
+
+    def mask(self, probs: torch.Tensor, ulb_pos: torch.Tensor) -> torch.Tensor:
+        top = probs.topk(2, dim=-1).values
+        return ((top[:, 0] >= self.cfg.p_cutoff) & (top[:, 0] - top[:, 1] >= 0.5)).float()
+
+
+@pytest.fixture
+def registered_base() -> Iterator[None]:
+    ALGORITHMS.register("toptwomatch")(TopTwoMatch)
+    yield
+    ALGORITHMS._items.pop("toptwomatch")
+
+
+def test_a_new_ssl_base_is_one_file(registered_base, tmp_path) -> None:
+    from dytrim.config import CHOICES
+    from dytrim.factory import build_trainer
+
+    assert "toptwomatch" in CHOICES["ssl.name"]
+    cfg = load_config("mnist-lt-fixmatch", ["ssl.name=toptwomatch", "ssl.p_cutoff=0.0", "debias.methods=cdmad,dytrim",
+                                            "train.progress=false", "train.device=cpu"])
+    trainer = build_trainer(cfg, tmp_path)
+    for _ in range(2):
+        stats = trainer.train_step()
+    assert isinstance(trainer.ssl, TopTwoMatch) and 0.0 <= float(stats["mask_rate"]) <= 1.0
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.4, 0.1]])
+    assert trainer.ssl.mask(probs, torch.arange(2)).tolist() == [1.0, 0.0]  # the new rule is the one that ran
+    with pytest.raises(ConfigError, match="toptwomatch"):  # a typo of the new name is answered with it
+        load_config("mnist-lt-fixmatch", ["ssl.name=toptwomatc"])

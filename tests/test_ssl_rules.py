@@ -83,7 +83,8 @@ def test_ce_eps_key_is_validated_and_set_by_the_paper_presets() -> None:
     assert load_config("mnist-lt-fixmatch", ["ssl.ce_eps=1.0e-8"]).ssl.ce_eps == 1e-8
     with pytest.raises(ConfigError, match=r"^ssl\.ce_eps: must be a finite number >= 0"):
         load_config("mnist-lt-fixmatch", ["ssl.ce_eps=-1.0e-8"])
-    for bad in (".inf", ".nan", "1e-8"):  # YAML reads 1e-8 (no dot) as a string
+    assert load_config("mnist-lt-fixmatch", ["ssl.ce_eps=1e-8"]).ssl.ce_eps == 1e-8  # YAML reads it as text
+    for bad in (".inf", ".nan", "nan"):
         with pytest.raises(ConfigError, match=r"config key 'ssl\.ce_eps' expects"):
             load_config("mnist-lt-fixmatch", [f"ssl.ce_eps={bad}"])
     for name in list_presets():

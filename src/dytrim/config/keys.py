@@ -150,6 +150,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif ann is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-8 (no dot) as text: a number written so is still a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):  # YAML's .nan / .inf
                 raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")

@@ -83,7 +83,7 @@ class DataConfig:
 class ModelConfig:
     """Backbone choice (see `dytrim.models.list_models()`)."""
 
-    name: str = "wrn_28_2"  # backbone: wrn_28_2, wrn_28_8, wrn, cnn_small, resnet_tiny, resnet50, vit_tiny, vit_small
+    name: str = "wrn_28_2"  # the backbone (a registered model)
     channels_last: bool = False  # memory format of activations (faster on some CPUs/GPUs)
     pretrained: str = ""  # local .pt/.pth/.safetensors weights for a fresh run ("" = none); report in run.json
     pretrained_key: str = ""  # entry of a wrapped checkpoint to read (e.g. "ema_model"); "" = guess
@@ -104,7 +104,7 @@ class AugConfig:
 class SSLConfig:
     """The base semi-supervised algorithm and its pseudo-label rule."""
 
-    name: str = "fixmatch"  # fixmatch | flexmatch | freematch | supervised
+    name: str = "fixmatch"  # the base algorithm (a registered SSL base)
     hard_label: bool = True  # one-hot argmax targets (FixMatch) or soft softmax targets (reference code)
     p_cutoff: float = 0.95  # confidence threshold tau (reference code: 0)
     temperature: float = 1.0  # softmax temperature of soft targets
@@ -115,7 +115,7 @@ class SSLConfig:
     lambda_e: float = 0.001  # FreeMatch: weight of the self-adaptive fairness loss (USB CIFAR-10 config)
     ce_eps: float = 0.0  # labeled and unlabeled losses are -sum_c t_c log(softmax(z)_c + ce_eps): 0 = exact
     #   log_softmax (USB), 1.0e-8 = the reference code (paper-* presets: the gradient shrinks by p / (p + 1e-8) where a
-    #   target's probability p is near 1e-8, and the loss caps at 18.4); YAML and --set need the dot: 1.0e-8
+    #   target's probability p is near 1e-8, and the loss caps at 18.4)
 
 
 @dataclass
@@ -124,8 +124,7 @@ class DebiasConfig:
     settings they share; each component's own keys are in its section (logit_adjust, reweight, resample, cdmad,
     prune)."""
 
-    methods: list[str] = field(default_factory=list)  # debiasers in order (comma list): logit_adjust,
-    #   logit_adjust_posthoc, reweight, resample, cdmad, dytrim
+    methods: list[str] = field(default_factory=list)  # registered debiasers, applied in this order (comma list)
     baseline: str = "zeros"  # baseline image I in the normalised input space: zeros (DyTrim) | ones (CDMAD)
     start: int = 0  # step after which CDMAD / DyTrim use z(I) (pseudo-labels, prune ratios; reference: 100 epochs)
 

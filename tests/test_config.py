@@ -81,3 +81,22 @@ def test_missing_data_file_names_root(tmp_path) -> None:
     cfg = load_config("paper-cifar10lt-fixmatch", [f"data.root={tmp_path}"])
     with pytest.raises(DataError, match="data.root"):
         load_data(cfg.data, cfg.seed)
+
+
+def test_renamed_debias_keys_still_read() -> None:
+    """Older runs' config.yaml (and older commands) used flat debias.* keys: they set the components' sections."""
+    from dytrim.config import config_from_dict, dump_yaml
+
+    cfg = load_config("mnist-lt-fixmatch", ["debias.la_tau=2.0", "debias.reweight_beta=0.9", "debias.test_bn=train",
+                                            "debias.resample_kind=effective", "debias.reweight_unlabeled=true"])
+    assert (cfg.logit_adjust.tau, cfg.reweight.beta, cfg.resample.beta) == (2.0, 0.9, 0.9)
+    assert (cfg.cdmad.test_bn, cfg.resample.kind, cfg.reweight.unlabeled) == ("train", "effective", True)
+    old = cfg.to_dict()
+    old["debias"] |= {"la_tau": 2.0, "la_unlabeled": False, "reweight_kind": "inverse", "reweight_beta": 0.9,
+                      "reweight_unlabeled": True, "resample_kind": "effective", "test_bn": "train"}
+    for section in ("logit_adjust", "reweight", "resample", "cdmad"):
+        del old[section]
+    assert config_from_dict(old) == cfg  # an old run's stored config reads as the same experiment
+    assert "la_tau" not in dump_yaml(cfg) and "tau: 2.0" in dump_yaml(cfg)
+    with pytest.raises(ConfigError, match=r"^reweight\.beta: must be in \(0, 1\)"):  # the key that holds it now
+        load_config("mnist-lt-fixmatch", ["debias.reweight_beta=1.5"])

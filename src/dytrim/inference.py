@@ -69,8 +69,8 @@ class TrainedRun:
         return z, adjusted
 
 
-def _overrides_eval_logits(cls: Any) -> bool:
-    return isinstance(cls, type) and cls.eval_logits is not Component.eval_logits
+def _overrides_eval_logits(cls: type) -> bool:
+    return cls.eval_logits is not Component.eval_logits
 
 
 def _prediction_context(cfg: RunConfig, card: DataCard, model: nn.Module, device: torch.device) -> RunContext:
@@ -91,10 +91,13 @@ def _debiasers(cfg: RunConfig, card: DataCard, model: nn.Module, state: dict[str
     ctx = _prediction_context(cfg, card, model, device)
     chosen = []
     for name in cfg.debias.methods:
-        if not _overrides_eval_logits(COMPONENTS.get(name)):
-            continue
+        factory = COMPONENTS.get(name)
+        if isinstance(factory, type) and not _overrides_eval_logits(factory):
+            continue  # a class that never changes predictions: not built at all (no training-time warnings)
         try:
             c = COMPONENTS.create(name, cfg, ctx)
+            if not _overrides_eval_logits(type(c)):
+                continue
             c.load_state_dict(state.get("components", {}).get(c.name, {}))
         except (AttributeError, KeyError, RuntimeError) as exc:
             raise ConfigError(

@@ -119,7 +119,7 @@ class DyTrim(Component):
         self.lb_labels = ctx.lb_labels  # [N_lb] on the CPU
         self.score_lb = torch.full((self.n_lb,), self.p.init_score, device=ctx.device)
         self.score_ulb = torch.full((self.n_ulb,), self.p.init_score, device=ctx.device)
-        self.conf_ulb = torch.zeros(self.n_ulb, device=ctx.device)  # 0 until seen: with tau > 0 unseen stay
+        self.conf_ulb = torch.zeros(self.n_ulb, device=ctx.device)  # 0 until seen: tau > 0 prunes no unseen one
         self.w_ulb = torch.ones(self.n_ulb, device=ctx.device)
 
     def _warn_erasure(self) -> None:

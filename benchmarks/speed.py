@@ -294,7 +294,9 @@ def render(rows: list[dict[str, Any]], ceilings: dict[int, dict[str, Any]], usb:
         lines += ["> **DEVELOPMENT RUN (`--quick`, a handful of steps) on a loaded machine: these numbers are not the",
                   "> benchmark.** This file is overwritten by the final run (the full command below without `--quick`,",
                   "> on a quiet machine).", ""]
-    loaded = max(m0["load"][0], load_end[0]) > 0.5 * (m0["cores"] or 1)
+    # busy = other work: at the start, or at the end beyond this run's own threads (the 1-min average counts them)
+    cores = m0["cores"] or 1
+    loaded = m0["load"][0] > 0.5 * cores or load_end[0] - args.threads > 0.5 * max(1, cores - args.threads)
     lines += [
         f"- command: `python {shlex.join(sys.argv)}`",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; wall time of the run "

@@ -75,8 +75,8 @@ def make_deterministic(device: torch.device) -> None:
 def resolve_compile(setting: str, steps: int, device: torch.device, precision: str) -> bool:
     """train.compile -> whether to compile. "auto": runs long enough to repay the compile time, on a device where
     compiling pays: CUDA, or a CPU running bf16. An fp32 step on the CPU is oneDNN convolutions either way: on an
-    AVX2-only EPYC the compiled WRN-28-2 step was no faster (1.646 vs 1.618 s/step with channels_last,
-    benchmarks/results/speed-usb-matched.md), so auto leaves it eager."""
+    AVX2-only EPYC the compiled WRN-28-2 step was no faster in two runs (1.646 vs 1.618 and 2.058 vs 1.861 s/step
+    with channels_last, benchmarks/results/speed-usb-matched*.md), so auto leaves it eager."""
     if setting != "auto":
         return setting == "on"
     return steps >= COMPILE_MIN_STEPS and (device.type == "cuda" or precision == "bf16")

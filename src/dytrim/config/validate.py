@@ -11,8 +11,8 @@ def validate(cfg: RunConfig) -> None:
     """Range and choice checks that need no data; data-dependent checks happen in the split builder."""
     flat = {k: get_key(cfg, k) for k in all_keys(cfg)}
     for key, choices in CHOICES.items():
-        if isinstance(flat[key], list):
-            continue  # debias.methods: checked name by name below
+        if key not in flat or isinstance(flat[key], list):
+            continue  # a section this config was built without; debias.methods: checked name by name below
         require(flat[key] in choices, key, f"must be one of {', '.join(choices)}; got '{flat[key]}'."
                 f"{did_you_mean(str(flat[key]), choices)}")
     d, s, o, t, a = cfg.data, cfg.ssl, cfg.optim, cfg.train, cfg.aug

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dytrim.config import ConfigError
+from dytrim.engine.evaluate import debias_logits
 from dytrim.inference import TrainedRun
 from dytrim.jsonfmt import compact_json
 from dytrim.models import create_model
@@ -53,10 +54,7 @@ def debias_offset(run: TrainedRun) -> torch.Tensor | None:
     if not run.debiasers:
         return None
     z = torch.randn(4, run.card.num_classes, device=run.device)
-    adjusted = z
-    for c in run.debiasers:
-        out = c.eval_logits(adjusted)
-        adjusted = out if out is not None else adjusted
+    adjusted, _ = debias_logits(run.debiasers, z)
     delta = (z - adjusted).float()
     if not torch.allclose(delta, delta[:1].expand_as(delta), atol=1e-5):
         return None

@@ -32,7 +32,7 @@ from dytrim.datacard import DataCard, read_card
 from dytrim.debias import COMPONENTS
 from dytrim.engine.checkpoint import load_latest
 from dytrim.engine.context import Progress, RunContext
-from dytrim.engine.evaluate import predict_logits
+from dytrim.engine.evaluate import debias_logits, predict_logits
 from dytrim.engine.hooks import Component
 from dytrim.engine.probe import baseline_image
 from dytrim.models import create_model
@@ -62,11 +62,7 @@ class TrainedRun:
         z = predict_logits(self.model, x.to(self.device), tuple(card.mean), tuple(card.std), batch_size)
         if not self.debiasers:
             return z, None
-        adjusted = z
-        for c in self.debiasers:
-            out = c.eval_logits(adjusted)
-            adjusted = out if out is not None else adjusted
-        return z, adjusted
+        return z, debias_logits(self.debiasers, z)[0]
 
 
 def _overrides_eval_logits(cls: type) -> bool:

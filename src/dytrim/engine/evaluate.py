@@ -51,6 +51,17 @@ def predict_shared(
     return dist.gather(predict_logits(model, x[mine], mean, std, batch_size, channels_last))[:n]
 
 
+def debias_logits(components: Sequence[Component], logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The debiased prediction logits: every eval_logits hook chained in config order (a hook returning None leaves
+    them as they are), and whether any hook changed them. Training's evaluation, `predict` and `export` use this."""
+    adjusted, changed = logits, False
+    for c in components:
+        out = c.eval_logits(adjusted)
+        if out is not None:
+            adjusted, changed = out, True
+    return adjusted, changed
+
+
 def evaluation_row(
     logits: torch.Tensor, y: torch.Tensor, lb_counts: Sequence[int], components: Sequence[Component],
     model: nn.Module, baseline: torch.Tensor, lb_prior: torch.Tensor,
@@ -59,11 +70,7 @@ def evaluation_row(
     (`*_debiased`, when some hook changes predictions); pi_theta(I) of `model`; the components' fields."""
     num_classes = len(lb_counts)
     row = classification_metrics(logits.argmax(-1), y, num_classes, list(lb_counts))
-    adjusted, changed = logits, False
-    for c in components:
-        out = c.eval_logits(adjusted)
-        if out is not None:
-            adjusted, changed = out, True
+    adjusted, changed = debias_logits(components, logits)
     if changed:
         row |= classification_metrics(adjusted.argmax(-1), y, num_classes, list(lb_counts), "_debiased")
     row["eval_n"] = len(y)

@@ -31,10 +31,9 @@ from dytrim.data.images import BadImage, is_image_file, list_images, load_image
 from dytrim.datacard import DataCard, read_card
 from dytrim.debias import COMPONENTS
 from dytrim.engine.checkpoint import load_latest
-from dytrim.engine.context import Progress, RunContext
+from dytrim.engine.context import RunContext
 from dytrim.engine.evaluate import debias_logits, predict_logits
 from dytrim.engine.hooks import Component
-from dytrim.engine.probe import baseline_image
 from dytrim.models import create_model
 
 
@@ -72,12 +71,10 @@ def _overrides_eval_logits(cls: type) -> bool:
 def _prediction_context(cfg: RunConfig, card: DataCard, model: nn.Module, device: torch.device) -> RunContext:
     """The run as a debiaser's `eval_logits` sees it, rebuilt from the data card without the training data (the
     loaded EMA model stands for both networks; the pools are empty)."""
-    c, h, w = card.channels, card.height, card.width
-    return RunContext(
-        model=model, ema_model=model, device=device, seed=cfg.seed, classes=list(card.classes),
-        lb_counts=[int(n) for n in card.lb_counts], lb_labels=torch.zeros(0, dtype=torch.int64), n_ulb=0,
-        image_shape=(c, h, w), uses_unlabeled=False, progress=Progress(total_steps=cfg.train.steps),
-        baseline=baseline_image(cfg.debias.baseline, c, h, w, device),
+    return RunContext.create(
+        cfg, model=model, ema_model=model, device=device, classes=card.classes, lb_counts=card.lb_counts,
+        lb_labels=torch.zeros(0, dtype=torch.int64), n_ulb=0, image_shape=(card.channels, card.height, card.width),
+        uses_unlabeled=False,
     )
 
 

@@ -26,9 +26,10 @@ from dytrim.debias import create_components
 from dytrim.dynamics.decompose import decompose_step
 from dytrim.dynamics.mnist_lt import BatchMaker
 from dytrim.dynamics.ntk import eval_mode
-from dytrim.engine.context import Progress, RunContext
+from dytrim.engine.build import data_context
+from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component
-from dytrim.engine.probe import baseline_image, step_probe
+from dytrim.engine.probe import step_probe
 from dytrim.engine.step import StepFunction
 from dytrim.ssl import create_ssl
 
@@ -64,13 +65,7 @@ class MethodView:
 
 def analysis_context(model: nn.Module, data: LTData, cfg: RunConfig) -> RunContext:
     """The RunContext of an analysis model on the CPU (the model stands for the EMA teacher too)."""
-    c, h, w = (int(v) for v in data.x_train.shape[1:])
-    return RunContext(
-        model=model, ema_model=model, device=torch.device("cpu"), seed=cfg.seed, classes=list(data.classes),
-        lb_counts=[int(n) for n in data.split.lb_counts], lb_labels=data.y_train[data.lb_idx].cpu(),
-        n_ulb=len(data.ulb_idx), image_shape=(c, h, w), uses_unlabeled=True,
-        progress=Progress(total_steps=cfg.train.steps), baseline=baseline_image(cfg.debias.baseline, c, h, w, "cpu"),
-    )
+    return data_context(cfg, data, model, model, torch.device("cpu"), uses_unlabeled=True)
 
 
 def _eval_forward(model: nn.Module) -> Any:

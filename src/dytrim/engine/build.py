@@ -21,11 +21,10 @@ from dytrim.config import ConfigError, RunConfig
 from dytrim.data.sources import LTData, load_data
 from dytrim.engine.accel import CompiledForward, make_deterministic, resolve_compile, resolve_precision
 from dytrim.engine.checkpoint import checkpoint_paths
-from dytrim.engine.context import Progress, RunContext
+from dytrim.engine.context import RunContext
 from dytrim.engine.distributed import Dist
 from dytrim.engine.ema import EMATeacher
 from dytrim.engine.optim import build_optimizer
-from dytrim.engine.probe import baseline_image
 from dytrim.engine.tensorboard import require_tensorboard
 from dytrim.models import create_model
 from dytrim.models.pretrained import LoadReport, load_pretrained
@@ -94,14 +93,16 @@ def build_parts(cfg: RunConfig, out_dir: Path, resume: bool = False) -> RunParts
 
 def run_context(parts: RunParts, uses_unlabeled: bool) -> RunContext:
     """The components' view of the run (engine/context.py)."""
-    d, cfg = parts.data, parts.cfg
-    c, h, w = d.x_train.shape[1:]
-    return RunContext(
-        model=parts.model, ema_model=parts.ema.model, device=parts.device, seed=cfg.seed, classes=list(d.classes),
-        lb_counts=[int(n) for n in d.split.lb_counts], lb_labels=d.y_train[d.lb_idx].detach().cpu(),
-        n_ulb=len(d.ulb_idx), image_shape=(int(c), int(h), int(w)), uses_unlabeled=uses_unlabeled,
-        progress=Progress(total_steps=cfg.train.steps),
-        baseline=baseline_image(cfg.debias.baseline, int(c), int(h), int(w), parts.device),
+    return data_context(parts.cfg, parts.data, parts.model, parts.ema.model, parts.device, uses_unlabeled)
+
+
+def data_context(cfg: RunConfig, data: LTData, model: nn.Module, ema_model: nn.Module, device: torch.device,
+                 uses_unlabeled: bool) -> RunContext:
+    """A RunContext of these networks on a loaded data set (the run's, or the analysis tools')."""
+    return RunContext.create(
+        cfg, model=model, ema_model=ema_model, device=device, classes=data.classes, lb_counts=data.split.lb_counts,
+        lb_labels=data.y_train[data.lb_idx].detach().cpu(), n_ulb=len(data.ulb_idx), image_shape=data.x_train.shape[1:],
+        uses_unlabeled=uses_unlabeled,
     )
 
 

@@ -8,12 +8,14 @@ such a component gains no forward pass (a train-mode forward would move the BN r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from dytrim.engine.probe import baseline_logits
+from dytrim.engine.probe import baseline_image, baseline_logits
 
 
 @dataclass
@@ -47,6 +49,19 @@ class RunContext:
     baseline: torch.Tensor  # the baseline image I [1, C, H, W] in normalised input space (debias.baseline)
     z_I: torch.Tensor | None = None  # [C] this step's z(I) of the train-mode student (set by the loop on request)
     lb_prior: torch.Tensor = field(init=False)  # [C] labeled class frequency, float64 on the CPU
+
+    @classmethod
+    def create(
+        cls, cfg: Any, *, model: nn.Module, ema_model: nn.Module, device: torch.device, classes: Sequence[str],
+        lb_counts: Sequence[int], lb_labels: torch.Tensor, n_ulb: int, image_shape: Sequence[int], uses_unlabeled: bool,
+    ) -> RunContext:
+        """The context of a run of `cfg`: its seed, a fresh step clock for train.steps and the baseline image
+        debias.baseline of this image shape on `device`."""
+        c, h, w = (int(v) for v in image_shape)
+        return cls(model=model, ema_model=ema_model, device=device, seed=cfg.seed, classes=list(classes),
+                   lb_counts=[int(n) for n in lb_counts], lb_labels=lb_labels, n_ulb=n_ulb, image_shape=(c, h, w),
+                   uses_unlabeled=uses_unlabeled, progress=Progress(total_steps=cfg.train.steps),
+                   baseline=baseline_image(cfg.debias.baseline, c, h, w, device))
 
     def __post_init__(self) -> None:
         counts = torch.tensor(self.lb_counts, dtype=torch.float64)

@@ -10,7 +10,8 @@ from dytrim.suggest import did_you_mean
 def validate(cfg: RunConfig) -> None:
     """Range and choice checks that need no data; data-dependent checks happen in the split builder."""
     flat = {k: get_key(cfg, k) for k in all_keys(cfg)}
-    for key, choices in CHOICES.items():
+    allowed = dict(CHOICES)  # built once: each lookup in CHOICES re-reads the registries and sections
+    for key, choices in allowed.items():
         if key not in flat or isinstance(flat[key], list):
             continue  # a section this config was built without; debias.methods: checked name by name below
         require(flat[key] in choices, key, f"must be one of {', '.join(choices)}; got '{flat[key]}'."
@@ -77,7 +78,7 @@ def validate(cfg: RunConfig) -> None:
         "train.device",
         f"must be auto, cpu, cuda or cuda:N; got '{t.device}'",
     )
-    methods = CHOICES["debias.methods"]
+    methods = allowed["debias.methods"]
     for m in cfg.debias.methods:
         if m not in methods:
             raise ConfigError(f"debias.methods: unknown method '{m}'.{did_you_mean(m, methods)} Known: "

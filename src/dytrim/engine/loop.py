@@ -46,7 +46,7 @@ class Trainer:
     `dytrim.factory.build_trainer`; `ctx` is what the components see of the run."""
 
     def __init__(self, parts: RunParts, ssl: PseudoLabeler, components: list[Component], ctx: RunContext) -> None:
-        self.parts, self.ssl, self.components, self.ctx = parts, ssl, list(components), ctx
+        self.ssl, self.components, self.ctx = ssl, list(components), ctx
         self.cfg, self.out, self.device, self.dist = parts.cfg, parts.out, parts.device, parts.dist
         self.data, self.model, self.ema, self.optimizer = parts.data, parts.model, parts.ema, parts.optimizer
         self.forward_fn = parts.forward_fn

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from dytrim.data.augment import normalize, strong_augment, weak_augment
+from dytrim.engine.distributed import Dist
 from dytrim.engine.hooks import Batch, Component, StepOutput
 from dytrim.engine.losses import soft_cross_entropy
 
@@ -36,28 +37,6 @@ class PseudoLabeler(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class Collectives(Protocol):
-    """Gather / shard of the global batch (engine.distributed.Dist; the identity with one process)."""
-
-    world: int
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor: ...
-
-    def shard(self, t: torch.Tensor) -> torch.Tensor: ...
-
-
-class Alone:
-    """One process: the global batch is this process's batch."""
-
-    world = 1
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    def shard(self, t: torch.Tensor) -> torch.Tensor:
-        return t
 
 
 def make_views(data: Any, lb_pos: torch.Tensor, ulb_pos: torch.Tensor | None, gen: torch.Generator, aug: Any,
@@ -112,10 +91,10 @@ class StepFunction:
 
     def __init__(
         self, ssl: PseudoLabeler | None, components: Sequence[Component], num_classes: int, lambda_u: float,
-        dist: Collectives | None = None, ce_eps: float = 0.0,
+        dist: Dist | None = None, ce_eps: float = 0.0,
     ) -> None:
         self.ssl, self.components, self.num_classes, self.lambda_u = ssl, list(components), num_classes, lambda_u
-        self.dist = dist or Alone()
+        self.dist = dist or Dist()  # one process: gather and shard are the identity
         self.ce_eps = ce_eps  # ssl.ce_eps: 0 = exact log_softmax, 1e-8 = the reference code's log(softmax + 1e-8)
 
     def supervised_loss(self, logits_lb: torch.Tensor, y_lb: torch.Tensor, step: int) -> torch.Tensor:

@@ -26,16 +26,10 @@ from typing import Any
 import yaml
 from results_file import RESULTS, write_results
 
+from dytrim.engine.accel import cpu_facts
+
 sys.path.insert(0, str(Path(__file__).parent))
 from prune_rules_rows import ROWS  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return "unknown"
 
 
 def train(preset: str, overrides: list[str], seed: int, out: Path, data_root: str, threads: int) -> None:
@@ -116,12 +110,14 @@ def main() -> int:
     n_cls = len(lb_counts)
     prior = [n / sum(lb_counts) for n in lb_counts]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    facts = cpu_facts()  # the library's own reading of the CPU model and its bf16 / AVX flags
+    cpu = f"{facts['cpu']} (flags {', '.join(facts['cpu_flags']) or 'none of interest'})"
     lines = [
         f"# DyTrim's labeled pruning rule: reference vs options ({args.protocol})",
         "",
         f"- command: `python {shlex.join(sys.argv)}` (trains with `OMP_NUM_THREADS={args.threads}` and "
         f"`--set train.threads={args.threads}`, one run at a time)",
-        f"- CPU: {cpu_model()}; tabulated {date}",
+        f"- CPU: {cpu}; tabulated {date}",
         "- EMA model, final evaluation on the whole test set. Mean ± std over the seeds listed (same seeds in every "
         "row: seeds are paired). Debiased = CDMAD's z(x) − z(I) at test.",
         f"- labeled counts N_c: {lb_counts}; labeled prior: {fmt(prior)}",
@@ -135,7 +131,7 @@ def main() -> int:
               "| row | seeds | bACC | GM | bACC debiased | GM debiased | few (raw) | few (debiased) | "
               "recall of the rarest class (raw / debiased) |",
               "|---|---|---|---|---|---|---|---|---|"]
-    record: dict[str, Any] = {"protocol": args.protocol, "date": date, "cpu": cpu_model(), "lb_counts": lb_counts,
+    record: dict[str, Any] = {"protocol": args.protocol, "date": date, "cpu": cpu, "lb_counts": lb_counts,
                               "rows": {}}
     for label, _, _ in rows_def:
         rs = runs.get(label, {})

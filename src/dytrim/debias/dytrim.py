@@ -164,7 +164,7 @@ class DyTrim(Component):
         if self.step >= self.start and z is not None:
             if self.p.ratio_ema > 0 and self.pi_ema is not None:
                 return self.pi_ema.clone()
-            return torch.softmax(z.double(), dim=-1).cpu()
+            return self._pi_now()
         return self.lb_prior.clone()
 
     def current_prune_ratio(self) -> torch.Tensor:
@@ -192,9 +192,8 @@ class DyTrim(Component):
         self.step = step
         z = self.z_I()
         if self.p.ratio_ema > 0 and step >= self.start and z is not None:
-            pi = torch.softmax(z.double(), dim=-1).cpu()
             prev = self.lb_prior if self.pi_ema is None else self.pi_ema
-            self.pi_ema = self.p.ratio_ema * prev + (1.0 - self.p.ratio_ema) * pi
+            self.pi_ema = self.p.ratio_ema * prev + (1.0 - self.p.ratio_ema) * self._pi_now()
         if self.p.cadence == "epoch" and step // self.p.epoch_steps != self.epoch:
             self.epoch = step // self.p.epoch_steps
             for s in (self.lb_sampler, self.ulb_sampler):

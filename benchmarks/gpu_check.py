@@ -1,4 +1,4 @@
-"""GPU check in one command (issue 14): about 8 minutes on one H100, writing JSON + markdown to --out.
+"""GPU check in one command: about 8 minutes on one H100, writing JSON + markdown to --out.
 
     # on the CPU machine, once: the CIFAR-10-LT (gamma 100) split's images + 2,000 test images, ~40 MB
     python benchmarks/gpu_check.py --make-data gpu_data --data-root ../shared/data

@@ -1,4 +1,4 @@
-"""Issue 17: DyTrim's labeled pruning rule, the reference against the options beside it, on one protocol.
+"""DyTrim's labeled pruning rule, the reference against the options beside it, on one protocol.
 
     python benchmarks/prune_rules.py --protocol mnist --seeds 0,1,2,3,4 [--train] [--threads 1]
 

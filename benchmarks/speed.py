@@ -80,7 +80,7 @@ ROWS: list[Row] = [
     Row("wrn", "fixmatch-usb+cl", "usb-cifar10lt-fixmatch", ("train.batch_size=32", "model.channels_last=true")),
     Row("wrn", "fixmatch-usb+cl+compile", "usb-cifar10lt-fixmatch",
         ("train.batch_size=32", "model.channels_last=true", "train.compile=on")),
-    # the speed settings (issue 14) on the paper step: memory format, bf16 autocast, torch.compile
+    # the speed settings on the paper step: memory format, bf16 autocast, torch.compile
     Row("wrn", "fixmatch+cl", "paper-cifar10lt-fixmatch", ("model.channels_last=true",)),
     Row("wrn", "fixmatch+bf16+cl", "paper-cifar10lt-fixmatch", ("model.channels_last=true", "train.precision=bf16")),
     Row("wrn", "fixmatch+cl+compile", "paper-cifar10lt-fixmatch", ("model.channels_last=true", "train.compile=on")),

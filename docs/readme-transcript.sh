@@ -1,5 +1,5 @@
 #!/bin/bash
-# The README's commands in order, in a fresh clone with ../shared beside it (issue 16); writes the transcript to
+# The README's commands in order, in a fresh clone with ../shared beside it; writes the transcript to
 # stdout (docs/readme-transcript.md was made from it). Usage: bash docs/readme-transcript.sh CLONE_DIR
 set -u
 cd "$1"

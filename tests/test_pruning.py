@@ -228,7 +228,7 @@ def test_paper_dytrim_presets_resolve(preset) -> None:
     assert cfg.train.steps == 250_000 and cfg.debias.start == 50_500 and cfg.model.name == "wrn_28_2"
 
 
-# ---------------------------------------------------------------- issue 17: rules that never erase a class
+# ---------------------------------------------------------------- rules that never erase a class
 MNIST_LT = [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]  # mnist-lt labeled counts (N1 100, gamma 100)
 C10_LT = [1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
 

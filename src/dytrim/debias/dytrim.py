@@ -6,7 +6,7 @@ time a sampler's kept list runs out (the reference cadence; or every `prune.epoc
 first pass is always the full set), a new list is chosen by `dytrim.pruning.select`: labeled data
 class-aware with prune ratio r_c = π_θ(I)_c (the labeled class frequency before `debias.start`),
 unlabeled data softly with keep rate r and weight 1/r. After `prune.anneal` of training: full data,
-unit weights. Options beside the reference rule (issue 17; defaults = reference): a per-class floor
+unit weights. Options beside the reference rule (defaults = reference): a per-class floor
 `prune.min_keep`, `prune.rounding=round`, caps `prune.max_ratio` / `prune.max_prior_ratio`, and r_c from an
 EMA of pi_theta(I) (`prune.ratio_ema`). A warning at start-up names `prune.min_keep` when the configured rule
 would delete a class's last labeled image for a plausible r_c (up to the largest labeled class share).

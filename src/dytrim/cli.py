@@ -14,8 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from dytrim import runlock
 from dytrim.config import (
     ConfigError,
+    RunConfig,
     key_help,
     list_presets,
     load_config,
@@ -23,7 +25,7 @@ from dytrim.config import (
 from dytrim.data.errors import DataError
 from dytrim.engine.checkpoint import CheckpointError, check_writable_dir
 from dytrim.fileio import WriteFailure
-from dytrim.resume import resume_config, run_traces
+from dytrim.resume import check_out_outside_data, resume_config, run_traces
 
 #: Exit codes: 0 done; 1 a bug in dytrim (a traceback, please report it); 2 a user error (config, data,
 #: arguments, a run directory that does not fit); 3 training diverged; 4 the environment failed (disk full,
@@ -80,40 +82,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dytrim.datacard import annotate_summary, write_card
-    from dytrim.engine.loop import TrainingDiverged
-    from dytrim.engine.runlog import format_summary
-    from dytrim.engine.stop import Stopped
-    from dytrim.factory import build_trainer
-
+    """Check the arguments, then hold the run directory's lock (runlock.py) for the whole run."""
     if args.resume:
-        out = Path(args.resume)
+        out, what, cfg = Path(args.resume), "--resume", None
         if args.preset or args.config:
             raise ConfigError("--resume takes the run's own config.yaml; drop --preset/--config")
-        if not (out / "config.yaml").exists():
-            raise ConfigError(f"--resume: '{out}' has no config.yaml; it is not a dytrim run directory")
-        cfg = resume_config(out, args.overrides)  # only keys that keep the experiment (resume.RESUMABLE)
+        if not out.is_dir():
+            raise ConfigError(f"--resume: '{out}' is not a directory; give a dytrim run directory")
     else:
         if not args.out:
             raise ConfigError("--out is required (the run directory)")
         if not args.preset and not args.config:
             raise ConfigError("give --preset NAME (see `dytrim presets`) or --config FILE")
         cfg = load_config(args.preset, args.overrides, args.config)
-        out = Path(args.out)
-        if traces := run_traces(out):
-            raise ConfigError(
-                f"--out: '{out}' already holds a run ({', '.join(traces[:4])}); continue it with --resume {out} "
-                "or pick a new --out"
-            )
+        out, what = Path(args.out), "--out"
+        check_out_outside_data(out, cfg, what)  # before the directory is made
     fresh = not out.exists()
-    check_writable_dir(out, "--resume" if args.resume else "--out")
+    check_writable_dir(out, what)
     try:
-        trainer = build_trainer(cfg, out, resume=bool(args.resume))
-        restored = trainer.restore() if args.resume else None  # checks, then loads; nothing written yet
-    except (ConfigError, DataError):
+        with runlock.hold(out, what):  # one writer per run directory, taken before anything is read or written
+            return _train_locked(args, out, cfg)
+    finally:
         if fresh and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that never started leaves nothing behind
-        raise
+
+
+def _train_locked(args: argparse.Namespace, out: Path, cfg: RunConfig | None) -> int:
+    from dytrim.datacard import annotate_summary, card_from_data
+    from dytrim.engine.loop import TrainingDiverged
+    from dytrim.engine.runlog import format_summary
+    from dytrim.engine.stop import Stopped
+    from dytrim.factory import build_trainer
+
+    main_process = runlock.is_main_process()
+    if cfg is None:  # --resume: only keys that keep the experiment (resume.RESUMABLE)
+        cfg, note = resume_config(out, args.overrides)
+        if note and main_process:
+            print(f"dytrim: {note}", file=sys.stderr)
+        check_out_outside_data(out, cfg, "--resume")
+    elif traces := run_traces(out):
+        raise ConfigError(
+            f"--out: '{out}' already holds a run ({', '.join(traces[:4])}); continue it with --resume {out} "
+            "or pick a new --out"
+        )
+    trainer = build_trainer(cfg, out, resume=bool(args.resume))
+    restored = trainer.restore() if args.resume else None  # checks, then loads; nothing written yet
     main_rank = trainer.dist.main  # under torchrun only rank 0 writes
     if args.resume and main_rank:
         if restored is None:
@@ -124,9 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             print(f"dytrim: continuing {out} from {restored.name} (step {trainer.step} of {cfg.train.steps})",
                   file=sys.stderr)
-    card = write_card(out, trainer.data) if main_rank else None  # classes + preprocessing, for eval/predict/export
     try:
-        summary = trainer.fit(resume=bool(args.resume))
+        summary = trainer.fit(resume=bool(args.resume))  # writes config.yaml, run.json, data.json first
     except TrainingDiverged as exc:
         print(f"dytrim: training stopped: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -138,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.dist.close()
     if not main_rank:
         return 0
-    annotate_summary(out, card)  # class names and data facts (e.g. the hold-out test set) in summary.json
+    annotate_summary(out, card_from_data(trainer.data))  # class names and data facts (e.g. the hold-out test set)
     print(format_summary(summary, out))
     return 0
 
@@ -199,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     try:
         return _dispatch(args)
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except (ConfigError, DataError, CheckpointError, runlock.RunLocked) as exc:
         if debug:
             raise
         print(f"dytrim: error: {exc}", file=sys.stderr)

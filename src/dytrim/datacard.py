@@ -69,7 +69,8 @@ def write_card(run_dir: Path, data: Any) -> DataCard:
 
 
 def read_card(run_dir: Path, cfg: RunConfig) -> DataCard:
-    """The run's card; a run trained through the Python API has none, so its data is loaded to rebuild it."""
+    """The run's card; a run of an older dytrim may have none (its Python API did not write it): its data is
+    loaded to rebuild it."""
     path = Path(run_dir) / CARD_NAME
     if path.is_file():
         return DataCard(**json.loads(path.read_text()))

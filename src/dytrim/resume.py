@@ -4,6 +4,7 @@ the rest before anything in the directory is written."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,20 @@ def _refuse(key: str, old: Any, new: Any) -> ConfigError:
     )
 
 
-def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
-    """The run's config.yaml with the allowed overrides applied, validated exactly as a fresh config."""
+def resume_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, str | None]:
+    """The run's config.yaml with the allowed overrides applied, validated exactly as a fresh config, and a note.
+
+    Without config.yaml (deleted, or a start that failed before writing it) the newest usable checkpoint's config
+    is used (every checkpoint holds its config; config.yaml is rewritten once every check passed): the note says so.
+    With neither, the directory holds no run to continue: a ConfigError says what it holds and the way out."""
     run_dir = Path(run_dir)
-    cfg = config_from_dict(read_yaml_mapping(run_dir / "config.yaml", "--resume"))
+    note = None
+    if (run_dir / "config.yaml").exists():
+        mapping = read_yaml_mapping(run_dir / "config.yaml", "--resume")
+    else:
+        mapping, source = _checkpoint_config(run_dir)
+        note = f"{run_dir / 'config.yaml'} is missing; rebuilt it from {source} (every checkpoint holds its config)"
+    cfg = config_from_dict(mapping)
     before = _flat(cfg)
     for text in overrides:
         set_key(cfg, *parse_override(text))
@@ -77,7 +88,20 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
         if after[key] != old and key not in RESUMABLE:
             raise _refuse(key, old, after[key])
     validate(cfg)
-    return cfg
+    return cfg, note
+
+
+def _checkpoint_config(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """The config stored in the newest usable checkpoint of `run_dir`, and that checkpoint's name."""
+    from dytrim.engine.checkpoint import load_latest
+
+    found = load_latest(run_dir, "cpu")
+    if found is None or not isinstance(found[0].get("config"), dict):
+        held = [p.name for p in sorted(Path(run_dir).iterdir()) if not p.name.startswith(".")][:4]
+        what = f"holds only {', '.join(held)}" if held else "is empty"
+        raise ConfigError(f"--resume: '{run_dir}' has no config.yaml and no checkpoint ({what}), so there is no run "
+                          f"to continue; start one with: dytrim train --preset NAME --out {run_dir}")
+    return found[0]["config"], found[1].name
 
 
 def check_checkpoint_config(cfg: RunConfig, saved: dict[str, Any], checkpoint: str) -> None:
@@ -98,13 +122,34 @@ def check_checkpoint_config(cfg: RunConfig, saved: dict[str, Any], checkpoint: s
             )
 
 
+def read_run_json(run_dir: Path) -> dict[str, Any] | None:
+    """run.json of a run; None when it is missing or unreadable (a resume then rebuilds it)."""
+    try:
+        meta = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def recorded_data_files(run_dir: Path) -> list[dict[str, Any]] | None:
     """The data files (path, sha256) run.json recorded when the run started; None without run.json."""
-    run_json = Path(run_dir) / "run.json"
-    return json.loads(run_json.read_text()).get("data_files") if run_json.is_file() else None
+    meta = read_run_json(run_dir)
+    return meta.get("data_files") if meta else None
 
 
-def check_data_files(recorded: list[dict[str, Any]] | None, now: list[dict[str, Any]]) -> None:
+def check_run_data(run_dir: Path, state: dict[str, Any], checkpoint: str, now: list[dict[str, Any]]) -> None:
+    """The data read now must be the run's: against run.json's record and the checkpoint's own (`data_files`,
+    so that a deleted run.json does not switch the check off). Checkpoints older than that record carry none."""
+    recorded = recorded_data_files(run_dir)
+    check_data_files(recorded, now, "run.json")
+    check_data_files(state.get("data_files"), now, checkpoint)
+    if recorded is None and state.get("data_files") is None:
+        warnings.warn(f"--resume: '{run_dir}' has no run.json and {checkpoint} records no data files (written by an "
+                      "older dytrim): the data cannot be checked against the run's", stacklevel=2)
+
+
+def check_data_files(recorded: list[dict[str, Any]] | None, now: list[dict[str, Any]], source: str = "run.json"
+                     ) -> None:
     """The data read now must be the data the run was started on (same sha256 per file, by file name)."""
     if not recorded:  # runs from before the data files were recorded
         return
@@ -113,5 +158,20 @@ def check_data_files(recorded: list[dict[str, Any]] | None, now: list[dict[str, 
     if before != after:
         was = ", ".join(f"{n} {h[:12]}" for n, h in before)
         got = ", ".join(f"{n} {h[:12]}" for n, h in after)
-        raise ConfigError(f"--resume: the data differs from the data this run started on (run.json: {was}; now: "
+        raise ConfigError(f"--resume: the data differs from the data this run started on ({source}: {was}; now: "
                           f"{got}); point data.root at the original files, or start a new --out")
+
+
+#: Config keys that name where training images are read from.
+DATA_PATH_KEYS = ("data.root", "data.labeled_dir", "data.unlabeled_dir", "data.test_dir")
+
+
+def check_out_outside_data(out: Path, cfg: RunConfig, what: str) -> None:
+    """A run directory inside a data root is refused: its files (curves.png, ...) would become training data and
+    change the data hashes, so the run could no longer resume."""
+    here = Path(out).expanduser().resolve()
+    for key in DATA_PATH_KEYS:
+        value = get_key(cfg, key)
+        if value and here.is_relative_to(root := Path(value).expanduser().resolve()):
+            raise ConfigError(f"{what}: '{out}' is inside {key} ('{root}'); the run's files would be read as "
+                              "training images. Choose a run directory outside the data")

@@ -34,7 +34,7 @@ from dytrim.engine.sampler import EpochSampler
 from dytrim.engine.step import PseudoLabeler, StepFunction, make_views
 from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.engine.tensorboard import TensorBoardLog
-from dytrim.resume import check_checkpoint_config, check_data_files, recorded_data_files
+from dytrim.resume import check_checkpoint_config, check_run_data, read_run_json
 
 
 class TrainingDiverged(RuntimeError):
@@ -214,6 +214,7 @@ class Trainer:
             "rng": rng,
             "rng_ranks": self.dist.gather_object(rng) if self.dist.world > 1 else None,
             "config": self.cfg.to_dict(),
+            "data_files": self.data.files,  # the data check of --resume holds without run.json
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -252,7 +253,7 @@ class Trainer:
             return None
         state, path = found
         check_checkpoint_config(self.cfg, state.get("config", {}), path.name)
-        check_data_files(recorded_data_files(self.out), self.data.files)
+        check_run_data(self.out, state, path.name, self.data.files)  # run.json's record and the checkpoint's
         self.load_state_dict(state)
         self.restored_from = path
         return path
@@ -285,13 +286,13 @@ class Trainer:
         self.dist.barrier()  # no rank reads the run directory while the main rank rewrites it
         if main:
             meta = None
-            if not resumed:
+            if not resumed or read_run_json(out) is None:  # a resume rebuilds a missing run.json
                 meta = runlog.run_metadata(cfg.seed) | {
                     "counts": self.data.counts(), "processes": self.dist.world, "device": str(self.device),
                     "precision": self.precision, "compiled": self.compiled, **cpu_facts(),
                     "data_files": self.data.files,
                 } | ({"pretrained": dataclasses.asdict(self.pretrained)} if self.pretrained is not None else {})
-            runlog.prepare_run_dir(out, dump_yaml(cfg), meta, self.step if resumed else None)
+            runlog.prepare_run_dir(out, dump_yaml(cfg), meta, self.step if resumed else None, self.data)
         t_total = cfg.train.steps
         every = cfg.train.eval_every
         bar = tqdm(total=t_total, initial=self.step, disable=not (cfg.train.progress and main),

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from dytrim.fileio import atomic_write_text
+from dytrim.fileio import atomic_write_bytes, atomic_write_text
 
 SUMMARY_METRICS = ("acc", "bacc", "gm", "many", "medium", "few")
 
@@ -62,17 +62,23 @@ def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str
     return out
 
 
-def prepare_run_dir(out: Path, config_yaml: str, meta: dict[str, Any] | None, resumed_at: int | None) -> None:
-    """A fresh run: empty metrics.jsonl and run.json (`meta`); a resumed one: drop the rows written after its
-    checkpoint (a crash between evaluation and checkpoint), so they are redone. config.yaml either way (on resume
-    with its allowed overrides, e.g. train.steps)."""
-    metrics = out / "metrics.jsonl"
-    if resumed_at is not None:
-        write_rows(metrics, [r for r in read_rows(metrics) if r["step"] <= resumed_at])
-    else:
-        write_rows(metrics, [])
-        atomic_write_text(out / "run.json", to_json(meta or {}))
+def prepare_run_dir(out: Path, config_yaml: str, meta: dict[str, Any] | None, resumed_at: int | None,
+                    data: Any = None) -> None:
+    """Write a run's start files, each atomically, config.yaml first, so that a start that fails part-way leaves
+    either nothing or a config.yaml (`--resume` then starts the run from step 0): config.yaml (on resume with its
+    allowed overrides, e.g. train.steps), run.json (`meta`; on resume only when it was missing: rebuilt), data.json
+    (the data card of `data`), metrics.jsonl (a fresh run: empty; a resumed one: the rows written after its
+    checkpoint are dropped, a crash between evaluation and checkpoint, so they are redone)."""
+    from dytrim.datacard import write_card
+
     atomic_write_text(out / "config.yaml", config_yaml)
+    if meta is not None:
+        rebuilt = {} if resumed_at is None else {"rebuilt_at_step": resumed_at}
+        atomic_write_text(out / "run.json", to_json(meta | rebuilt))
+    if data is not None:
+        write_card(out, data)
+    metrics = out / "metrics.jsonl"
+    write_rows(metrics, [] if resumed_at is None else [r for r in read_rows(metrics) if r["step"] <= resumed_at])
 
 
 def write_summary(out: Path, rows: list[dict[str, Any]], wall_s: float, train_s: float, steps: int,
@@ -183,7 +189,7 @@ def plot_curves(
     bx.set_title(f"per-class recall at step {steps[-1]}")
     bx.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))  # a full disk names the path
+    finally:
+        plt.close(fig)

@@ -1,5 +1,22 @@
-"""Decoding one image file with Pillow (EXIF-rotated, RGB or grayscale, resized and centre-cropped to a square)
-and finding image files in a folder: what image folders and `dytrim predict` share.
+"""Decoding one image file with Pillow (EXIF-rotated, 8 bits, RGB or grayscale, resized and centre-cropped to a
+square) and finding image files in a folder: what image folders and `dytrim predict` share.
+
+What each Pillow mode becomes (then RGB -> grayscale is Pillow's ITU-R 601-2 luma, grayscale -> RGB repeats it):
+  1 (bilevel): 0 / 255.  L, RGB: as stored.  P: the palette is expanded to RGB.
+  16-bit grayscale (I;16, I;16L, I;16B, the modes of 16-bit PNG and TIFF files): v >> 8, all 256 levels kept
+  (16-bit RGB PNGs are reduced to 8 bits by Pillow itself when it reads them).
+  A transparent colour of a 16-bit image is ignored.
+  I (32-bit integer): taken as unsigned 16-bit samples, clipped to 0..65535, then >> 8.
+  F (32-bit float, arbitrary units): stretched per image, min -> 0, max -> 255 (rounded); NaN / inf -> 0; a
+  constant image -> 0.
+  Transparency (LA, PA, RGBA, the premultiplied La / RGBa, and P, L or RGB with a transparent colour):
+  composited on black, c * alpha / 255 rounded, so a fully transparent pixel is 0 whatever colour it hides.
+  CMYK: Pillow's conversion without an ICC profile, R = (255 - C) * (255 - K) / 255 rounded (likewise G, B).
+  YCbCr, LAB, HSV, RGBX: Pillow's conversion to RGB. An animation or a multi-page file: its first frame.
+Memory budget: an image whose decoded size (width x height x bands x bytes per sample, read from the header
+before any pixel is decoded) exceeds DYTRIM_MAX_IMAGE_MB (default 256 MiB) is refused as a bad file: skipped and
+listed in a folder, one line in `predict`. File names that are not valid UTF-8 are read like any other; they are
+shown and written with the undecodable bytes as \\xNN (`path_text`).
 """
 
 from __future__ import annotations
@@ -13,10 +30,14 @@ import numpy as np
 from dytrim.data.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+BUDGET_ENV = "DYTRIM_MAX_IMAGE_MB"
+DEFAULT_BUDGET_MB = 256
+TOO_LARGE = "too large"  # the start of the reason given for an image over the budget
+_BYTES_PER_SAMPLE = {"I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 
 
 class BadImage(Exception):
-    """One image file cannot be used (zero bytes, not an image, truncated); it is skipped and reported."""
+    """One image file cannot be used (zero bytes, not an image, truncated, too large); it is skipped and reported."""
 
 
 def _pillow() -> Any:
@@ -29,16 +50,77 @@ def _pillow() -> Any:
     return Image, ImageOps
 
 
-def load_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
-    """uint8 [H, W, channels]: EXIF-rotated, RGB or grayscale, shorter side resized, centre-cropped to `size`."""
+def path_text(path: str | os.PathLike[str]) -> str:
+    """`path` as printable, UTF-8-encodable text: bytes of a name that are not valid UTF-8 appear as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def image_budget_mb() -> float:
+    """The decoded-size budget of one image in MiB: $DYTRIM_MAX_IMAGE_MB, else DEFAULT_BUDGET_MB."""
+    text = os.environ.get(BUDGET_ENV, "").strip()
+    if not text:
+        return float(DEFAULT_BUDGET_MB)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise DataError(f"{BUDGET_ENV}: '{text}' is not a positive number of MiB; unset it to use the default "
+                        f"{DEFAULT_BUDGET_MB}")
+    return value
+
+
+def _check_budget(im: Any, budget_mb: float) -> None:
+    """Refuse an image whose decoded size exceeds the budget, from its header alone (nothing is decoded yet)."""
+    w, h = im.size
+    bands = len(im.getbands())
+    mib = w * h * bands * _BYTES_PER_SAMPLE.get(im.mode, 1) / 2**20
+    if mib > budget_mb:
+        raise BadImage(f"{TOO_LARGE}: {w}x{h} {im.mode} ({bands} bands) is {mib:,.0f} MiB decoded, over the "
+                       f"{budget_mb:g} MiB budget for one image; downscale it, or raise {BUDGET_ENV}")
+
+
+def _gray8(values: np.ndarray) -> np.ndarray:
+    """uint8 of one band of 16-bit (I;16*) or 32-bit (I, F) samples, by the rules of the module docstring."""
+    if values.dtype.kind == "f":
+        v = values.astype(np.float64)
+        finite = np.isfinite(v)
+        lo, hi = (v[finite].min(), v[finite].max()) if finite.any() else (0.0, 0.0)
+        v = np.where(finite, v, lo)
+        scaled = np.round((v - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(v)
+        return np.where(finite, scaled, 0).astype(np.uint8)
+    return (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+
+
+def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
+    """uint8 RGB of uint8 RGBA: c * alpha / 255, rounded (c * a / 255 is never halfway between integers)."""
+    alpha = rgba[..., 3:].astype(np.uint16)
+    return ((rgba[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+
+
+def to_8bit(im: Any, image_mod: Any) -> Any:
+    """A Pillow image of any mode as an L or RGB image, by the rules of the module docstring."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return image_mod.fromarray(_gray8(np.asarray(im)))
+    if mode in ("La", "RGBa"):
+        im, mode = im.convert(mode.upper()), mode.upper()
+    if "A" in im.getbands() or "transparency" in im.info:
+        return image_mod.fromarray(_composite_on_black(np.asarray(im.convert("RGBA"))))
+    return im if mode in ("L", "RGB") else im.convert("L" if mode == "1" else "RGB")
+
+
+def load_image(path: Path, size: tuple[int, int], channels: int, budget_mb: float | None = None) -> np.ndarray:
+    """uint8 [H, W, channels]: EXIF-rotated, 8 bits, RGB or grayscale, shorter side resized, centre-cropped to
+    `size`. Images over the budget (default: image_budget_mb()) are refused before decoding."""
     image_mod, ops = _pillow()
+    budget = image_budget_mb() if budget_mb is None else budget_mb
     try:
         if path.stat().st_size == 0:
             raise BadImage("zero-byte file")
         with image_mod.open(path) as im:
-            im = ops.exif_transpose(im)
-            if im.mode == "P":  # palette images may carry transparency; go through RGBA to drop it cleanly
-                im = im.convert("RGBA")
+            _check_budget(im, budget)
+            im = to_8bit(ops.exif_transpose(im), image_mod)
             im = im.convert("RGB" if channels == 3 else "L")
             h, w = size
             if im.size != (w, h):
@@ -48,6 +130,8 @@ def load_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
         raise
     except image_mod.UnidentifiedImageError as exc:
         raise BadImage("not an image format Pillow can read") from exc
+    except image_mod.DecompressionBombError as exc:
+        raise BadImage(f"{TOO_LARGE}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any decoder failure means: skip this file and say why
         raise BadImage(f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
     return arr[..., None] if arr.ndim == 2 else arr

@@ -22,6 +22,7 @@ shown and written with the undecodable bytes as \\xNN (`path_text`).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,33 +81,54 @@ def _check_budget(im: Any, budget_mb: float) -> None:
                        f"{budget_mb:g} MiB budget for one image; downscale it, or raise {BUDGET_ENV}")
 
 
+def _row_blocks(a: np.ndarray) -> list[slice]:
+    """Row ranges of about 4 M samples: the numpy conversions below hold one block's temporaries at a time."""
+    step = max(1, (1 << 22) // max(1, a[:1].size))
+    return [slice(i, i + step) for i in range(0, len(a), step)]
+
+
 def _gray8(values: np.ndarray) -> np.ndarray:
     """uint8 of one band of 16-bit (I;16*) or 32-bit (I, F) samples, by the rules of the module docstring."""
-    if values.dtype.kind == "f":
-        v = values.astype(np.float64)
-        finite = np.isfinite(v)
-        lo, hi = (v[finite].min(), v[finite].max()) if finite.any() else (0.0, 0.0)
-        v = np.where(finite, v, lo)
-        scaled = np.round((v - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(v)
-        return np.where(finite, scaled, 0).astype(np.uint8)
-    return (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+    out = np.zeros(values.shape, np.uint8)
+    if values.dtype.kind != "f":
+        for rows in _row_blocks(values):
+            out[rows] = (np.clip(values[rows], 0, 65535) >> 8).astype(np.uint8)
+        return out
+    lo, hi = np.inf, -np.inf
+    for rows in _row_blocks(values):
+        finite = values[rows][np.isfinite(values[rows])]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if hi > lo:
+        for rows in _row_blocks(values):
+            v = values[rows].astype(np.float64)
+            finite = np.isfinite(v)
+            scaled = np.round((np.where(finite, v, lo) - lo) * (255.0 / (hi - lo)))
+            out[rows] = np.where(finite, scaled, 0).astype(np.uint8)
+    return out
 
 
 def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
     """uint8 RGB of uint8 RGBA: c * alpha / 255, rounded (c * a / 255 is never halfway between integers)."""
-    alpha = rgba[..., 3:].astype(np.uint16)
-    return ((rgba[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    out = np.empty((*rgba.shape[:-1], 3), np.uint8)
+    for rows in _row_blocks(rgba):
+        block = rgba[rows].astype(np.uint16)
+        out[rows] = ((block[..., :3] * block[..., 3:] + 127) // 255).astype(np.uint8)
+    return out
 
 
 def to_8bit(im: Any, image_mod: Any) -> Any:
-    """A Pillow image of any mode as an L or RGB image, by the rules of the module docstring."""
+    """A Pillow image of any mode as an L or RGB image (`im` itself if it is one), by the module docstring's rules."""
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         return image_mod.fromarray(_gray8(np.asarray(im)))
     if mode in ("La", "RGBa"):
         im, mode = im.convert(mode.upper()), mode.upper()
     if "A" in im.getbands() or "transparency" in im.info:
-        return image_mod.fromarray(_composite_on_black(np.asarray(im.convert("RGBA"))))
+        rgba = np.asarray(im if mode == "RGBA" else im.convert("RGBA"))
+        rgb = _composite_on_black(rgba)
+        del rgba  # one full-size copy at a time
+        return image_mod.fromarray(rgb)
     return im if mode in ("L", "RGB") else im.convert("L" if mode == "1" else "RGB")
 
 
@@ -118,14 +140,24 @@ def load_image(path: Path, size: tuple[int, int], channels: int, budget_mb: floa
     try:
         if path.stat().st_size == 0:
             raise BadImage("zero-byte file")
-        with image_mod.open(path) as im:
-            _check_budget(im, budget)
-            im = to_8bit(ops.exif_transpose(im), image_mod)
-            im = im.convert("RGB" if channels == 3 else "L")
+        with warnings.catch_warnings():  # the budget decides, not Pillow's DecompressionBombWarning
+            warnings.simplefilter("ignore", image_mod.DecompressionBombWarning)
+            src = image_mod.open(path)
+        try:
+            _check_budget(src, budget)
+            src.load()
+            ops.exif_transpose(src, in_place=True)
+            im = to_8bit(src, image_mod)
+            if im is not src:
+                src.close()  # frees the pixels in the file's own mode before the next copy is made
+            target = "RGB" if channels == 3 else "L"
+            im = im if im.mode == target else im.convert(target)
             h, w = size
             if im.size != (w, h):
                 im = ops.fit(im, (w, h), method=image_mod.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
+        finally:
+            src.close()
     except BadImage:
         raise
     except image_mod.UnidentifiedImageError as exc:

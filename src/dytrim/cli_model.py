@@ -79,6 +79,7 @@ def _eval(args: argparse.Namespace, trained: TrainedRun) -> int:
 
 def _predict(args: argparse.Namespace, trained: TrainedRun) -> int:
     from dytrim.data.errors import DataError
+    from dytrim.data.images import path_text
     from dytrim.fileio import atomic_write_text
     from dytrim.inference import find_images, predict_files
 
@@ -87,7 +88,7 @@ def _predict(args: argparse.Namespace, trained: TrainedRun) -> int:
         _check_output_file(Path(args.out), "--out")  # before any work: an unwritable --out fails at once
     rows, skipped = predict_files(trained, paths, args.batch_size, progress=not args.no_progress)
     for path, why in skipped[:10]:
-        print(f"dytrim: skipped {path}: {why}", file=sys.stderr)
+        print(f"dytrim: skipped {path_text(path)}: {why}", file=sys.stderr)
     if not rows:
         raise DataError(f"IMAGES: none of the {len(paths)} files could be read as an image ({len(skipped)} skipped; "
                         "the first reasons are above)")

@@ -27,7 +27,7 @@ from dytrim.config import (
     validate,
 )
 from dytrim.data.errors import DataError
-from dytrim.data.images import BadImage, is_image_file, list_images, load_image
+from dytrim.data.images import BadImage, is_image_file, list_images, load_image, path_text
 from dytrim.datacard import DataCard, read_card
 from dytrim.debias import COMPONENTS
 from dytrim.engine.checkpoint import load_latest
@@ -169,8 +169,8 @@ def to_nchw(x: np.ndarray) -> torch.Tensor:
 
 def predict_files(run: TrainedRun, paths: Sequence[Path], batch_size: int = 256, progress: bool = True
                   ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
-    """One row per readable file: path, pred (class name), prob, and pred_debiased / prob_debiased where the run
-    has a debiaser; plus the skipped files."""
+    """One row per readable file: path (non-UTF-8 bytes of a name as \\xNN), pred (class name), prob, and
+    pred_debiased / prob_debiased where the run has a debiaser; plus the skipped files."""
     rows, skipped = [], []
     classes = run.card.classes
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True, mininterval=0.5)
@@ -184,7 +184,8 @@ def predict_files(run: TrainedRun, paths: Sequence[Path], batch_size: int = 256,
         p_deb = torch.softmax(debiased, -1).cpu() if debiased is not None else None
         for j, path in enumerate(good):
             k = int(p_raw[j].argmax())
-            row: dict[str, Any] = {"path": str(path), "pred": classes[k], "prob": round(float(p_raw[j, k]), 6)}
+            row: dict[str, Any] = {"path": path_text(path), "pred": classes[k],
+                                   "prob": round(float(p_raw[j, k]), 6)}
             if p_deb is not None:
                 kd = int(p_deb[j].argmax())
                 row |= {"pred_debiased": classes[kd], "prob_debiased": round(float(p_deb[j, kd]), 6)}

@@ -1,5 +1,6 @@
 """Decoded images cached on disk: a list of image files is decoded once (bad files skipped and listed) and its
-uint8 arrays are kept under a key of the files' paths, sizes and modification times, so later runs skip decoding.
+uint8 arrays are kept under a key of the files' paths (as bytes: any file name, UTF-8 or not), sizes and
+modification times and the decoded-size budget, so later runs skip decoding.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from dytrim.config import DataConfig
-from dytrim.data.images import BadImage, load_image
+from dytrim.data.images import BadImage, image_budget_mb, load_image, path_text
 
-CACHE_VERSION = 2  # bump when decoding changes, so old cache files are not reused
+CACHE_VERSION = 3  # bump when decoding changes, so old cache files are not reused
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Decoded:
 
     x: np.ndarray  # uint8 [n_ok, H, W, C]
     ok: np.ndarray  # bool [n_files]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path_text(path), reason)
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -35,15 +36,15 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("DYTRIM_CACHE") or Path.home() / ".cache" / "dytrim").expanduser()
 
 
-def _cache_key(paths: Sequence[Path], size: tuple[int, int], channels: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{channels}".encode())
+def _cache_key(paths: Sequence[Path], size: tuple[int, int], channels: int, budget_mb: float) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{channels}|{budget_mb!r}".encode())
     for p in paths:
         try:
             st = p.stat()
             stamp = f"{st.st_size}|{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        h.update(f"\0{p.resolve()}|{stamp}".encode())
+        h.update(b"\0" + os.fsencode(p.resolve()) + f"|{stamp}".encode())
     return h.hexdigest()[:32]
 
 
@@ -83,7 +84,8 @@ def decode_images(
     paths: Sequence[Path], size: tuple[int, int], channels: int, cache_dir: Path | None, desc: str = "images"
 ) -> Decoded:
     """Decode `paths` (skipping bad files) or load them from the cache; `cache_dir` None disables caching."""
-    cache = cache_dir / f"images-{_cache_key(paths, size, channels)}.npz" if cache_dir is not None else None
+    budget = image_budget_mb()
+    cache = cache_dir / f"images-{_cache_key(paths, size, channels, budget)}.npz" if cache_dir is not None else None
     if cache is not None and cache.is_file() and (hit := _read_cache(cache, len(paths))) is not None:
         return hit
     h, w = size
@@ -94,10 +96,10 @@ def decode_images(
                file=sys.stderr, mininterval=1.0)
     for i, p in enumerate(bar):
         try:
-            x[i] = load_image(p, size, channels)
+            x[i] = load_image(p, size, channels, budget)
             ok[i] = True
         except BadImage as exc:
-            skipped.append((str(p), str(exc)))
+            skipped.append((path_text(p), str(exc)))
     dec = Decoded(x[ok], ok, skipped)
     if cache is not None:
         _write_cache(cache, dec)

@@ -4,8 +4,10 @@ Layout: `labeled_dir/<class>/**/<image>` (the sub-folder names, sorted, are the 
 (any layout), `test_dir` laid out like `labeled_dir` or else a stratified hold-out of the labeled images. Every
 image is converted to RGB (or grayscale), its shorter side resized and centre-cropped to a square, and the uint8
 arrays are cached under a key of the files' paths, sizes and modification times, so later runs skip decoding.
-Unreadable or zero-byte image files are skipped and reported with a count; structural problems (no class folders,
-an empty class, a single class, test classes that differ) stop with a DataError naming the folder and the fix.
+Unreadable, zero-byte or too large image files (see data/images.py for the decoding rules and the budget) are
+skipped and reported with a count; file names that are not valid UTF-8 are read and reported with \\xNN escapes.
+Structural problems (no class folders, an empty class, a single class, test classes that differ, a class folder
+name that is not valid UTF-8) stop with a DataError naming the folder and the fix.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dytrim.config import DataConfig
 from dytrim.data.arrays import ImageArrays
 from dytrim.data.cache import cache_root, decode_images
 from dytrim.data.errors import DataError
-from dytrim.data.images import IMAGE_SUFFIXES, is_image_file, list_images
+from dytrim.data.images import IMAGE_SUFFIXES, TOO_LARGE, is_image_file, list_images, path_text
 from dytrim.data.longtail import Split
 
 HOLDOUT_SEED = 0  # the hold-out draw is fixed: runs with different seeds share one test set
@@ -48,6 +50,12 @@ def class_tree(root: Path, key: str) -> tuple[list[str], list[list[Path]]]:
         raise DataError(
             f"{key}: '{root}' holds {len(loose)} images outside the class sub-folders (e.g. '{loose[0].name}'); "
             "move each into the sub-folder of its class, or out of this folder"
+        )
+    undecodable = [d for d in subdirs if path_text(d.name) != d.name]
+    if undecodable:
+        raise DataError(
+            f"{key}: class folder name '{path_text(undecodable[0].name)}' in '{path_text(root)}' is not valid UTF-8 "
+            "text (class names go into data.json, CSV files and figures); rename the folder"
         )
     files = [list_images(d) for d in subdirs]
     empty = [d for d, f in zip(subdirs, files, strict=True) if not f]
@@ -78,7 +86,7 @@ def read_class_tree(
     counts = np.bincount(y, minlength=len(classes))
     if (counts == 0).any():
         c = int(np.flatnonzero(counts == 0)[0])
-        bad = next(r for p, r in dec.skipped if Path(p).is_relative_to(root / classes[c]))
+        bad = dict(dec.skipped)[path_text(files[c][0])]  # every file of the class was skipped
         raise DataError(
             f"{key}: none of the {len(files[c])} image files in class folder '{root / classes[c]}' can be read "
             f"(e.g. {bad}); replace them or remove the folder"
@@ -143,12 +151,13 @@ def _report_skipped(skipped: list[tuple[str, str]]) -> dict[str, Any]:
     if not skipped:
         return {"count": 0, "examples": []}
     zero = sum(r == "zero-byte file" for _, r in skipped)
+    large = sum(r.startswith(TOO_LARGE) for _, r in skipped)
     lines = "\n".join(f"  {p}: {r}" for p, r in skipped[:_EXAMPLES])
     more = f"\n  ... and {len(skipped) - _EXAMPLES} more" if len(skipped) > _EXAMPLES else ""
-    print(f"dytrim: warning: skipped {len(skipped)} unreadable image files ({zero} zero-byte, "
-          f"{len(skipped) - zero} that cannot be decoded):\n{lines}{more}", file=sys.stderr)
+    print(f"dytrim: warning: skipped {len(skipped)} unreadable image files ({zero} zero-byte, {large} too large, "
+          f"{len(skipped) - zero - large} that cannot be decoded):\n{lines}{more}", file=sys.stderr)
     examples = [{"path": p, "reason": r} for p, r in skipped[:_EXAMPLES]]
-    return {"count": len(skipped), "zero_byte": zero, "examples": examples}
+    return {"count": len(skipped), "zero_byte": zero, "too_large": large, "examples": examples}
 
 
 def read_folder_source(cfg: DataConfig) -> FolderArrays:
@@ -167,7 +176,7 @@ def read_folder_source(cfg: DataConfig) -> FolderArrays:
                 f"extra: {extra or 'none'}); give '{test_root}' exactly the class sub-folders of '{lb_root}'"
             )
         skipped += t_skipped
-        test_source = f"data.test_dir ({test_root})"
+        test_source = f"data.test_dir ({path_text(test_root)})"
     else:
         test = stratified_holdout(y_lb, cfg.holdout, classes)
         x_te, y_te, x_lb, y_lb = x_lb[test], y_lb[test], x_lb[~test], y_lb[~test]
@@ -179,15 +188,15 @@ def read_folder_source(cfg: DataConfig) -> FolderArrays:
     else:
         x_u, y_u = np.empty((0, *size, ch), dtype=np.uint8), np.empty(0, dtype=np.int64)
     info = {
-        "labeled_dir": str(lb_root),
-        "unlabeled_dir": cfg.unlabeled_dir or None,
+        "labeled_dir": path_text(lb_root),
+        "unlabeled_dir": path_text(cfg.unlabeled_dir) if cfg.unlabeled_dir else None,
         "test": test_source,
         "image_size": cfg.image_size,
         "channels": ch,
         "unlabeled_labels": "unknown: ignore pseudo_acc in metrics.jsonl (measured only with class-named sub-folders)"
         if (y_u < 0).any() else "from class-named sub-folders (reporting only: pseudo_acc)",
         "skipped_files": _report_skipped(skipped),
-        "cache_dir": str(cache),
+        "cache_dir": path_text(cache),
     }
     return FolderArrays(
         x_train=np.concatenate([x_lb, x_u]),

@@ -9,33 +9,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from dytrim.engine.metrics_log import append_row, read_rows, write_rows
 from dytrim.fileio import atomic_write_text
 
+__all__ = ["append_row", "read_rows", "write_rows"]  # metrics.jsonl I/O lives in engine/metrics_log.py
+
 SUMMARY_METRICS = ("acc", "bacc", "gm", "many", "medium", "few")
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl; a torn last line (a run killed while appending) is dropped, not fatal."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
-    return rows
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str, Any]:
@@ -63,14 +42,11 @@ def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str
 
 
 def prepare_run_dir(out: Path, config_yaml: str, meta: dict[str, Any] | None, resumed_at: int | None) -> None:
-    """A fresh run: empty metrics.jsonl and run.json (`meta`); a resumed one: drop the rows written after its
-    checkpoint (a crash between evaluation and checkpoint), so they are redone. config.yaml either way (on resume
-    with its allowed overrides, e.g. train.steps)."""
-    metrics = out / "metrics.jsonl"
-    if resumed_at is not None:
-        write_rows(metrics, [r for r in read_rows(metrics) if r["step"] <= resumed_at])
-    else:
-        write_rows(metrics, [])
+    """A fresh run: empty metrics.jsonl and run.json (`meta`); a resumed one keeps them (the loop aligns its rows
+    with the checkpoint: `metrics_log.align_to_checkpoint`). config.yaml either way (on resume with its allowed
+    overrides, e.g. train.steps)."""
+    if resumed_at is None:
+        write_rows(out / "metrics.jsonl", [])
         atomic_write_text(out / "run.json", to_json(meta or {}))
     atomic_write_text(out / "config.yaml", config_yaml)
 

@@ -71,6 +71,13 @@ def test_an_unterminated_last_line_is_not_read_yet(tmp_path) -> None:
     assert runlog.read_rows(path) == [{"step": 1}]
 
 
+def test_a_fifo_named_metrics_jsonl_is_refused_not_waited_on(tmp_path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    os.mkfifo(path)
+    with pytest.raises(DataError, match=r"metrics.jsonl' is not a regular file"):
+        runlog.read_rows(path)
+
+
 def test_append_is_fsynced(tmp_path, monkeypatch) -> None:
     synced: list[int] = []
     real = os.fsync
@@ -144,7 +151,7 @@ def test_an_older_checkpoint_without_its_row_is_reevaluated_and_training_stays_i
     intact, legacy = _copy(trained, tmp_path, "intact"), _copy(trained, tmp_path, "legacy")
     ckpt = legacy / "ckpt_00000008.pt"
     state = torch.load(ckpt, weights_only=True)
-    del state["eval_row"]
+    state.pop("eval_row", None)
     torch.save(state, ckpt)
     (legacy / "metrics.jsonl").write_text("".join(_lines(legacy)[:-1]))
     for run in (intact, legacy):

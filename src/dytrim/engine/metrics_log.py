@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ class MetricsLog:
 def read_log(path: Path) -> MetricsLog:
     """One snapshot of metrics.jsonl (absent: no rows). Raises DataError naming the line of a damaged middle line."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            raise DataError(f"'{path}' is not a regular file; move it away (a run writes metrics.jsonl itself)")
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return MetricsLog([], False)

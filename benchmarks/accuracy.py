@@ -24,6 +24,8 @@ from typing import Any
 
 from results_file import write_results
 
+from dytrim.engine.metrics_log import read_rows
+
 
 def run_one(preset: str, seed: int, out: Path, data_root: str, extra: list[str]) -> dict[str, Any]:
     if not (out / "summary.json").exists():
@@ -33,7 +35,7 @@ def run_one(preset: str, seed: int, out: Path, data_root: str, extra: list[str])
             cmd = [sys.executable, "-m", "dytrim", "train", "--resume", str(out)]
         subprocess.run(cmd, check=True)
     summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_rows(out / "metrics.jsonl")
     final = summary.get("full_test", rows[-1])
     rec: dict[str, Any] = {"preset": preset, "seed": seed, "dir": str(out), "steps": summary["steps"],
                            "wall_s": summary["wall_s"], "train_s": summary.get("train_s"),

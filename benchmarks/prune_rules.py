@@ -27,6 +27,7 @@ import yaml
 from results_file import RESULTS, write_results
 
 from dytrim.engine.accel import cpu_facts
+from dytrim.engine.metrics_log import read_rows
 
 sys.path.insert(0, str(Path(__file__).parent))
 from prune_rules_rows import ROWS  # noqa: E402
@@ -42,7 +43,7 @@ def train(preset: str, overrides: list[str], seed: int, out: Path, data_root: st
 
 
 def load_run(out: Path) -> dict[str, Any]:
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_rows(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     data = json.loads((out / "data.json").read_text())
     cfg = yaml.safe_load((out / "config.yaml").read_text())

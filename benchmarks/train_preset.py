@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dytrim.engine.metrics_log import read_rows
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -39,7 +41,7 @@ def main() -> int:
     if not args.record_only:
         subprocess.run([sys.executable, "-m", "dytrim", *cmd[1:]], check=True)
     summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(out / "metrics.jsonl")
     run = json.loads((out / "run.json").read_text())
     RESULTS.mkdir(exist_ok=True)
     png = RESULTS / f"{args.preset}-curves.png"

@@ -91,12 +91,12 @@ def test_write_failure_mid_run_exit_4_keeps_last_checkpoint(tmp_path, capsys, mo
 
 @pytest.mark.slow
 def test_metrics_write_failure_names_the_file(tmp_path, capsys, monkeypatch) -> None:
-    from dytrim.engine import runlog
+    from dytrim.engine import metrics_log
 
     def append_row(path: Path, row: dict) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(runlog, "append_row", append_row)
+    monkeypatch.setattr(metrics_log, "append_row", append_row)
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 4
     line = _one_line(capsys.readouterr().err)

@@ -21,6 +21,7 @@ from dytrim.config import config_from_dict
 from dytrim.dynamics.mlp import SmallMLP
 from dytrim.dynamics.ntk import eval_mode
 from dytrim.engine.checkpoint import load_all
+from dytrim.engine.metrics_log import read_rows
 from dytrim.engine.probe import baseline_image, frozen_bn_stats, kl, prior_probe
 from dytrim.models import create_model
 
@@ -192,8 +193,8 @@ def read_prior_curve(run_dir: str | Path, name: str | None = None) -> PriorCurve
     probe each of its checkpoints instead (usually only the last few are kept)."""
     run_dir = Path(run_dir)
     _, lb_prior = _run_meta(run_dir)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "prior_baseline" in r and "prior_baseline_trainmode" in r]
+    rows = [r for r in read_rows(run_dir / "metrics.jsonl")
+            if "prior_baseline" in r and "prior_baseline_trainmode" in r]
     if name is None:
         name = run_dir.parent.name if run_dir.name.startswith("seed") else run_dir.name
     if rows:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dytrim.data.augment import normalize
+from dytrim.engine.context import Progress
 from dytrim.engine.distributed import Dist
 from dytrim.engine.hooks import Component
 from dytrim.engine.probe import prior_probe
@@ -78,3 +79,19 @@ def evaluation_row(
     for c in components:
         row |= c.eval_fields()
     return row
+
+
+def metrics_row(step: int, evaluation: dict[str, Any], stats: dict[str, Any], wall_s: float, progress: Progress,
+                train_s: float) -> dict[str, Any]:
+    """One metrics.jsonl row: an evaluation of the EMA model plus the last step's losses and counters."""
+    stats = {k: float(v) for k, v in stats.items()}  # the step's device scalars, read once here
+    if not stats.pop("_has_truth", 1.0):
+        stats.pop("pseudo_acc", None)
+    return {"step": step} | evaluation | {
+        "lr": stats["lr"],
+        "loss": round(stats["loss"], 5),
+        **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
+        "wall_s": round(wall_s, 2),
+        "images_per_s": round(progress.samples_seen / max(train_s, 1e-9), 2),
+        **{k: getattr(progress, k) for k in ("updates", "samples_fwd", "samples_bwd")},
+    }

@@ -19,14 +19,14 @@ import torch
 from tqdm import tqdm
 
 from dytrim.config import ConfigError, dump_yaml
+from dytrim.engine import metrics_log, runlog
 from dytrim.engine import rng as rng_state
-from dytrim.engine import runlog
 from dytrim.engine.accel import autocast, cpu_facts
 from dytrim.engine.build import RunParts
 from dytrim.engine.checkpoint import load_latest, save_checkpoint
 from dytrim.engine.context import RunContext
 from dytrim.engine.distributed import fingerprint, global_view
-from dytrim.engine.evaluate import evaluation_row, predict_shared
+from dytrim.engine.evaluate import evaluation_row, metrics_row, predict_shared
 from dytrim.engine.hooks import Batch, Component
 from dytrim.engine.optim import lr_at, set_lr
 from dytrim.engine.probe import step_probe
@@ -67,6 +67,8 @@ class Trainer:
         self.train_s = 0.0  # wall time spent in training steps (evaluation excluded)
         self.wall_s = 0.0  # total wall time of the run, carried across resumes
         self.restored_from: Path | None = None  # the checkpoint `restore` loaded
+        self._restored_eval: metrics_log.CheckpointEval | None = None  # what it says of its step's evaluation
+        self._eval_row: dict[str, Any] | None = None  # the last evaluation's row; a checkpoint at its step keeps it
         self._first_bad = torch.tensor(-1, device=self.device)  # first step with a non-finite loss (-1: none)
         self._bad_loss = torch.tensor(0.0, dtype=torch.float64, device=self.device)  # its value
 
@@ -195,14 +197,10 @@ class Trainer:
         rng = rng_state.capture(self.aug_gen)
         p = self.progress
         return {
-            "step": p.step,
-            "clock": p.clock,
-            "updates": p.updates,
-            "samples_fwd": p.samples_fwd,
-            "samples_bwd": p.samples_bwd,
+            **{k: getattr(p, k) for k in ("step", "clock", "updates", "samples_fwd", "samples_bwd", "samples_seen")},
             "train_s": self.train_s,
             "wall_s": self.wall_s,
-            "samples_seen": p.samples_seen,
+            "eval_row": self._eval_row if self._eval_row is not None and self._eval_row["step"] == p.step else None,
             "probe_z_I": self.ctx.z_I,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -254,25 +252,10 @@ class Trainer:
         state, path = found
         check_checkpoint_config(self.cfg, state.get("config", {}), path.name)
         check_run_data(self.out, state, path.name, self.data.files)  # run.json's record and the checkpoint's
+        metrics_log.read_log(self.out / "metrics.jsonl")  # a damaged row stops the resume here, before any write
         self.load_state_dict(state)
-        self.restored_from = path
+        self.restored_from, self._restored_eval = path, metrics_log.checkpoint_eval(state)
         return path
-
-    def _metrics_row(self, stats: dict[str, Any], wall_s: float) -> dict[str, Any]:
-        """One metrics.jsonl row: an evaluation of the EMA model plus the last step's losses and counters."""
-        stats = {k: float(v) for k, v in stats.items()}  # the step's device scalars, read once here
-        if not stats.pop("_has_truth", 1.0):
-            stats.pop("pseudo_acc", None)
-        return {"step": self.step} | self.evaluate() | {
-            "lr": stats["lr"],
-            "loss": round(stats["loss"], 5),
-            **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},
-            "wall_s": round(wall_s, 2),
-            "images_per_s": round(self.progress.samples_seen / max(self.train_s, 1e-9), 2),
-            "updates": self.progress.updates,
-            "samples_fwd": self.progress.samples_fwd,
-            "samples_bwd": self.progress.samples_bwd,
-        }
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train to cfg.train.steps, evaluating every eval_every steps; returns the summary.
@@ -284,7 +267,9 @@ class Trainer:
         resumed = resume and self.restore() is not None  # checks and loads before anything is written
         out.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()  # no rank reads the run directory while the main rank rewrites it
+        redo = False  # resumed: metrics.jsonl is cut to the checkpoint's step and gets that step's row back
         if main:
+            redo = resumed and metrics_log.align_to_checkpoint(metrics_path, self._restored_eval)
             meta = None
             if not resumed or read_run_json(out) is None:  # a resume rebuilds a missing run.json
                 meta = runlog.run_metadata(cfg.seed) | {
@@ -293,6 +278,10 @@ class Trainer:
                     "data_files": self.data.files,
                 } | ({"pretrained": dataclasses.asdict(self.pretrained)} if self.pretrained is not None else {})
             runlog.prepare_run_dir(out, dump_yaml(cfg), meta, self.step if resumed else None, self.data)
+        if resumed and self.dist.any(redo):
+            row = {"step": self.step} | self.evaluate() | {"reevaluated_on_resume": True}  # an older checkpoint
+            if main:  # lacks its step's row: the restored EMA model is evaluated again (no RNG, no training state)
+                metrics_log.append_row(metrics_path, row)
         t_total = cfg.train.steps
         every = cfg.train.eval_every
         bar = tqdm(total=t_total, initial=self.step, disable=not (cfg.train.progress and main),
@@ -314,9 +303,11 @@ class Trainer:
                 if evaluating or checkpointing:
                     self._check_finite()
                 if evaluating:
-                    row = self._metrics_row(stats, time.perf_counter() - start_wall)
-                    if main:
-                        runlog.append_row(metrics_path, row)
+                    wall = time.perf_counter() - start_wall
+                    row = self._eval_row = metrics_row(self.step, self.evaluate(), stats, wall, self.progress,
+                                                       self.train_s)
+                    if main:  # fsynced before any checkpoint of this step is written
+                        metrics_log.append_row(metrics_path, row)
                     if tb is not None:
                         tb.write(row)
                     debiased = {"bacc_deb": f"{100 * row['bacc_debiased']:.1f}"} if "bacc_debiased" in row else {}
@@ -336,7 +327,7 @@ class Trainer:
         if not main:
             self.dist.barrier()
             return {"steps": self.step, "wall_s": round(self.wall_s, 2), "rank": self.dist.rank}
-        rows = runlog.read_rows(metrics_path)
+        rows = metrics_log.read_rows(metrics_path)
         p = self.progress
         summary = runlog.write_summary(out, rows, self.wall_s, self.train_s, self.step, full_test, {
             "images_per_s": round(p.samples_seen / max(self.train_s, 1e-9), 2), "updates": p.updates,

@@ -9,33 +9,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from dytrim.engine.metrics_log import append_row, read_rows, write_rows
 from dytrim.fileio import atomic_write_bytes, atomic_write_text
 
+__all__ = ["append_row", "read_rows", "write_rows"]  # metrics.jsonl I/O lives in engine/metrics_log.py
+
 SUMMARY_METRICS = ("acc", "bacc", "gm", "many", "medium", "few")
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl; a torn last line (a run killed while appending) is dropped, not fatal."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
-    return rows
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str, Any]:
@@ -67,8 +46,8 @@ def prepare_run_dir(out: Path, config_yaml: str, meta: dict[str, Any] | None, re
     """Write a run's start files, each atomically, config.yaml first, so that a start that fails part-way leaves
     either nothing or a config.yaml (`--resume` then starts the run from step 0): config.yaml (on resume with its
     allowed overrides, e.g. train.steps), run.json (`meta`; on resume only when it was missing: rebuilt), data.json
-    (the data card of `data`), metrics.jsonl (a fresh run: empty; a resumed one: the rows written after its
-    checkpoint are dropped, a crash between evaluation and checkpoint, so they are redone)."""
+    (the data card of `data`), metrics.jsonl (a fresh run: empty; a resumed one keeps it: the loop aligns its
+    rows with the checkpoint, `metrics_log.align_to_checkpoint`)."""
     from dytrim.datacard import write_card
 
     atomic_write_text(out / "config.yaml", config_yaml)
@@ -77,8 +56,8 @@ def prepare_run_dir(out: Path, config_yaml: str, meta: dict[str, Any] | None, re
         atomic_write_text(out / "run.json", to_json(meta | rebuilt))
     if data is not None:
         write_card(out, data)
-    metrics = out / "metrics.jsonl"
-    write_rows(metrics, [] if resumed_at is None else [r for r in read_rows(metrics) if r["step"] <= resumed_at])
+    if resumed_at is None:
+        write_rows(out / "metrics.jsonl", [])
 
 
 def write_summary(out: Path, rows: list[dict[str, Any]], wall_s: float, train_s: float, steps: int,

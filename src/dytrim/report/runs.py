@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from dytrim.config import ConfigError
-from dytrim.engine.runlog import read_rows
+from dytrim.engine.metrics_log import read_rows
 
 
 @dataclass
@@ -171,13 +171,18 @@ def read_run(path: str | Path, name: str | None = None) -> RunRecord:
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"report: '{path}' is not a directory")
-    rows = [r for r in read_rows(path / "metrics.jsonl") if "step" in r and "per_class_recall" in r]
+    summary = _read_json(path / "summary.json")  # before the rows: a run finishing meanwhile adds no row after it
+    all_rows = read_rows(path / "metrics.jsonl")  # one snapshot, up to the last complete line (a live run appends)
+    rows = [r for r in all_rows if "per_class_recall" in r]
     if not rows:
         raise ConfigError(f"report: '{path}' has no evaluations in metrics.jsonl; is it a dytrim run directory?")
+    stale = any(summary.get(k, v) != v for k, v in (("evaluations", len(all_rows)), ("steps", all_rows[-1]["step"])))
+    if stale:  # e.g. a finished run resumed with more steps and still training: its summary.json is the old end's
+        summary = {}
     config: dict[str, Any] = {}
     if (path / "config.yaml").is_file():
         config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    summary, meta = _read_json(path / "summary.json"), _read_json(path / "run.json")
+    meta = _read_json(path / "run.json")
     n = len(rows[-1]["per_class_recall"])
     record = RunRecord(
         path=path,
@@ -189,7 +194,10 @@ def read_run(path: str | Path, name: str | None = None) -> RunRecord:
         classes=_class_names(path, summary, config, n),
         lb_counts=_labeled_counts(path, meta, summary, n),
     )
-    if not summary:
+    if stale:
+        record.notes.append("summary.json does not match metrics.jsonl (a resumed run still training?): "
+                            "final metrics are the last evaluation's")
+    elif not summary:
         record.notes.append("no summary.json (unfinished run?): final metrics are the last evaluation's")
     if not record.has("prior_baseline"):
         record.notes.append("no π_θ(I) in metrics.jsonl (the run predates the prior probe): no heat map")

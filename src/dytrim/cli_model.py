@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch one of COMMANDS; ConfigError / DataError propagate to cli.main (exit code 2)."""
     from dytrim.inference import load_run
 
-    trained = load_run(args.run_dir, args.device, args.overrides)
+    trained = load_run(args.run_dir, args.device, args.overrides, command=args.command)
     threads = args.threads or trained.cfg.train.threads
     if threads:
         torch.set_num_threads(threads)

@@ -35,6 +35,7 @@ from dytrim.engine.context import RunContext
 from dytrim.engine.evaluate import debias_logits, predict_logits
 from dytrim.engine.hooks import Component
 from dytrim.models import create_model
+from dytrim.resume import MODEL_KEYS, check_checkpoint
 
 
 @dataclass
@@ -101,13 +102,19 @@ def _debiasers(cfg: RunConfig, card: DataCard, model: nn.Module, state: dict[str
     return chosen
 
 
-def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] = ()) -> TrainedRun:
-    """Load a run directory's config, data card and newest valid checkpoint (its EMA model)."""
+def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] = (), command: str = "RUN_DIR"
+             ) -> TrainedRun:
+    """Load a run directory's config, data card and newest valid checkpoint (its EMA model).
+
+    The checkpoint must be a dytrim checkpoint of this run, as `--resume` requires: it holds step, config and ema,
+    its config is config.yaml's experiment (before `overrides`, which say where things are now), and its weights
+    fit the run's model; otherwise a ConfigError names `command` and what differs."""
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"RUN_DIR: '{run}' has no config.yaml, so it is not a dytrim run directory; pass the "
                           "--out folder of `dytrim train`")
-    cfg = config_from_dict(read_yaml_mapping(run / "config.yaml", "RUN_DIR"))
+    mapping = read_yaml_mapping(run / "config.yaml", "RUN_DIR")
+    cfg, own = config_from_dict(mapping), config_from_dict(mapping)
     for text in overrides:  # e.g. --set data.root=... when the data moved
         set_key(cfg, *parse_override(text))
     validate(cfg)
@@ -118,11 +125,33 @@ def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] 
         raise ConfigError(f"RUN_DIR: '{run}' has no readable checkpoint (ckpt_*.pt); the run stopped before its "
                           f"first checkpoint. Continue it with `dytrim train --resume {run}`")
     state, path = found
+    check_checkpoint(own, state, path.name, command, MODEL_KEYS)
     card = read_card(run, cfg)
     model = create_model(cfg.model.name, card.num_classes, in_channels=card.channels).to(dev)
+    if why := _weights_mismatch(model, state["ema"]):
+        raise ConfigError(f"{command}: the EMA weights in {path.name} do not fit this run's model ({cfg.model.name}, "
+                          f"{card.num_classes} classes, {card.channels} input channels): {why}; it is not a "
+                          "checkpoint of this run")
     model.load_state_dict(state["ema"])
     model.eval()
     return TrainedRun(run, cfg, card, model, int(state["step"]), path, _debiasers(cfg, card, model, state, dev), dev)
+
+
+def _weights_mismatch(model: nn.Module, weights: Any) -> str | None:
+    """How `weights` (a state dict) differs from `model`'s, in a few words; None when they fit."""
+    if not isinstance(weights, dict):
+        return f"a {type(weights).__name__}, not a state dict"
+    mine = model.state_dict()
+    missing, extra = [k for k in mine if k not in weights], [k for k in weights if k not in mine]
+    shape = [f"{k} {_shape(weights[k])} vs {tuple(v.shape)}" for k, v in mine.items()
+             if k in weights and _shape(weights[k]) != tuple(v.shape)]
+    parts = [f"{len(names)} {what} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
+             for names, what in ((missing, "missing"), (extra, "unexpected"), (shape, "of another shape")) if names]
+    return "; ".join(parts) or None
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 # ----------------------------------------------------------------------------- image files

@@ -11,8 +11,6 @@ from typing import Any
 from dytrim.config import (
     ConfigError,
     RunConfig,
-    all_keys,
-    apply_mapping,
     config_from_dict,
     get_key,
     parse_override,
@@ -20,26 +18,7 @@ from dytrim.config import (
     set_key,
     validate,
 )
-
-#: Keys a resumed run may change, and why each leaves the experiment as it was. Every other key changes
-#: what is trained (data, split, model, method, optimiser, seed, ...) and needs a new run directory.
-RESUMABLE: dict[str, str] = {
-    "train.steps": "length of the run: extend (or shorten) it; a cosine LR and DyTrim's annealing follow the new "
-                   "length from the current step on",
-    "train.eval_every": "evaluation cadence (evaluation reads the EMA model and changes no training state)",
-    "train.ckpt_every": "checkpoint cadence",
-    "train.keep_ckpts": "how many checkpoints are kept",
-    "train.eval_batch_size": "evaluation batch size",
-    "train.threads": "CPU threads (same computation; float sums may differ in the last bits)",
-    "train.progress": "progress bar on or off",
-    "train.tensorboard": "TensorBoard event files beside metrics.jsonl (logging only)",
-    "train.deterministic": "CUDA kernel choice (deterministic or fastest); the same computation",
-    "train.compile": "torch.compile of the same forward (same computation; float sums may differ in the last bits)",
-    "train.device": "another device of the same type (cuda:0 -> cuda:1); a CPU <-> GPU change is refused when the "
-                    "checkpoint loads (their augmentation random streams differ)",
-    "data.root": "where the data files are now; their sha256 must equal the ones in run.json",
-    "data.cache_dir": "where decoded image folders are cached",
-}
+from dytrim.config.experiment import RESUMABLE, differences, flat
 
 #: Files that mark a directory as holding a run (besides ckpt_*.pt).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "run.json", "summary.json", "data.json")
@@ -51,10 +30,6 @@ def run_traces(out: Path) -> list[str]:
     if not out.is_dir():
         return []
     return [n for n in RUN_FILES if (out / n).exists()] + sorted(p.name for p in out.glob("ckpt_*.pt"))
-
-
-def _flat(cfg: RunConfig) -> dict[str, Any]:
-    return {k: get_key(cfg, k) for k in all_keys(cfg)}
 
 
 def _refuse(key: str, old: Any, new: Any) -> ConfigError:
@@ -80,10 +55,10 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, str |
         mapping, source = _checkpoint_config(run_dir)
         note = f"{run_dir / 'config.yaml'} is missing; rebuilt it from {source} (every checkpoint holds its config)"
     cfg = config_from_dict(mapping)
-    before = _flat(cfg)
+    before = flat(cfg)
     for text in overrides:
         set_key(cfg, *parse_override(text))
-    after = _flat(cfg)
+    after = flat(cfg)
     for key, old in before.items():
         if after[key] != old and key not in RESUMABLE:
             raise _refuse(key, old, after[key])
@@ -104,22 +79,41 @@ def _checkpoint_config(run_dir: Path) -> tuple[dict[str, Any], str]:
     return found[0]["config"], found[1].name
 
 
-def check_checkpoint_config(cfg: RunConfig, saved: dict[str, Any], checkpoint: str) -> None:
-    """The checkpoint must come from this experiment: every key outside RESUMABLE equals config.yaml's."""
-    stored = RunConfig()
+#: What `--resume` reads from a checkpoint (Trainer.load_state_dict), and what `eval` / `predict` / `export` read.
+RESUME_KEYS = ("step", "config", "model", "ema", "optimizer", "ssl", "components", "lb_sampler", "ulb_sampler", "rng",
+               "train_s", "wall_s", "samples_seen")
+MODEL_KEYS = ("step", "config", "ema")
+
+
+def check_checkpoint(cfg: RunConfig, state: dict[str, Any], checkpoint: str, command: str = "--resume",
+                     keys: tuple[str, ...] = RESUME_KEYS) -> None:
+    """The checkpoint holds what `command` reads (`keys`) and comes from this experiment (check_checkpoint_config)."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ConfigError(f"{command}: {checkpoint} lacks {', '.join(missing)}, which every dytrim checkpoint holds, "
+                          "so it is not a checkpoint dytrim wrote; remove it from the run directory (the previous "
+                          "checkpoint is then used)")
+    check_checkpoint_config(cfg, state["config"], checkpoint, command)
+
+
+def check_checkpoint_config(cfg: RunConfig, saved: dict[str, Any], checkpoint: str, command: str = "--resume") -> None:
+    """The checkpoint must come from this experiment: every key outside RESUMABLE equals config.yaml's. The message
+    names `command` and every key that differs (at most four)."""
     try:
-        apply_mapping(stored, saved)
+        diff = differences(cfg, saved) if isinstance(saved, dict) else None
     except ConfigError as exc:
-        raise ConfigError(f"--resume: {checkpoint} holds a config this dytrim does not read ({exc}); start a "
-                          "new --out") from exc
-    mine, theirs = _flat(cfg), _flat(stored)
-    for key, value in mine.items():
-        if key not in RESUMABLE and theirs[key] != value:
-            raise ConfigError(
-                f"--resume: config.yaml and {checkpoint} disagree on {key} (config.yaml: {value!r}, checkpoint: "
-                f"{theirs[key]!r}); the directory mixes two runs or config.yaml was edited. Restore config.yaml or "
-                "start a new --out"
-            )
+        raise ConfigError(f"{command}: {checkpoint} holds a config this dytrim does not read ({exc}); it is not a "
+                          "checkpoint of this run") from exc
+    if diff is None:
+        raise ConfigError(f"{command}: {checkpoint} holds no config (a {type(saved).__name__}), so it is not a "
+                          "checkpoint dytrim wrote; remove it from the run directory")
+    if diff:
+        named = ", ".join(f"{k} (config.yaml: {mine!r}, checkpoint: {theirs!r})" for k, mine, theirs in diff[:4])
+        more = f" and {len(diff) - 4} more keys" if len(diff) > 4 else ""
+        way = ("Restore config.yaml or start a new --out" if command == "--resume" else
+               "Restore config.yaml, or move the checkpoint into a run directory of its own")
+        raise ConfigError(f"{command}: config.yaml and {checkpoint} disagree on {named}{more}; the directory mixes "
+                          f"two runs or config.yaml was edited. {way}")
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any] | None:

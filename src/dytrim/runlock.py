@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_NAME = ".dytrim.lock"
+_HELD: set[str] = set()  # run directories (resolved) whose lock this process holds now
 
 
 class RunLocked(Exception):
@@ -27,6 +28,11 @@ class RunLocked(Exception):
 def is_main_process() -> bool:
     """Rank 0 of a torchrun job, or a plain single process (RANK unset)."""
     return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def holds(run_dir: Path) -> bool:
+    """Whether this process holds the lock of `run_dir` now (so it may clean up after earlier, killed writers)."""
+    return str(Path(run_dir).resolve()) in _HELD
 
 
 def _holder(path: Path) -> str:
@@ -73,6 +79,8 @@ def hold(run_dir: Path, what: str) -> Iterator[None]:
     except RunLocked as exc:
         raise RunLocked(f"{what}: '{run_dir}' is in use by another dytrim process ({exc}); wait for it to end or "
                         "stop it, then run again (one process writes a run directory at a time)") from None
+    key = str(Path(run_dir).resolve())
+    _HELD.add(key)
     try:
         stamp = (f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                  f"{' '.join(['dytrim', *sys.argv[1:]])[:300]}\n")
@@ -83,6 +91,7 @@ def hold(run_dir: Path, what: str) -> Iterator[None]:
             pass
         yield
     finally:
+        _HELD.discard(key)
         try:
             path.unlink(missing_ok=True)  # while still locked: a waiter re-checks the inode and retries
         except OSError:

@@ -23,7 +23,7 @@ from dytrim.engine import metrics_log, runlog
 from dytrim.engine import rng as rng_state
 from dytrim.engine.accel import autocast, cpu_facts
 from dytrim.engine.build import RunParts
-from dytrim.engine.checkpoint import load_latest, save_checkpoint
+from dytrim.engine.checkpoint import load_latest, remove_stale_temps, save_checkpoint
 from dytrim.engine.context import RunContext
 from dytrim.engine.distributed import fingerprint, global_view
 from dytrim.engine.evaluate import evaluation_row, metrics_row, predict_shared
@@ -34,7 +34,7 @@ from dytrim.engine.sampler import EpochSampler
 from dytrim.engine.step import PseudoLabeler, StepFunction, make_views
 from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.engine.tensorboard import TensorBoardLog
-from dytrim.resume import check_checkpoint_config, check_run_data, read_run_json
+from dytrim.resume import check_checkpoint, check_run_data, read_run_json
 
 
 class TrainingDiverged(RuntimeError):
@@ -250,7 +250,7 @@ class Trainer:
         if found is None:
             return None
         state, path = found
-        check_checkpoint_config(self.cfg, state.get("config", {}), path.name)
+        check_checkpoint(self.cfg, state, path.name)  # holds every part, of this experiment
         check_run_data(self.out, state, path.name, self.data.files)  # run.json's record and the checkpoint's
         metrics_log.read_log(self.out / "metrics.jsonl")  # a damaged row stops the resume here, before any write
         self.load_state_dict(state)
@@ -269,6 +269,7 @@ class Trainer:
         self.dist.barrier()  # no rank reads the run directory while the main rank rewrites it
         redo = False  # resumed: metrics.jsonl is cut to the checkpoint's step and gets that step's row back
         if main:
+            remove_stale_temps(out)  # of checkpoint writes that were killed; only while this process holds the lock
             redo = resumed and metrics_log.align_to_checkpoint(metrics_path, self._restored_eval)
             meta = None
             if not resumed or read_run_json(out) is None:  # a resume rebuilds a missing run.json

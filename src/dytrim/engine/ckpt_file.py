@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
 import stat
 import struct
@@ -104,8 +105,7 @@ def _records(f: BinaryIO, budget: float) -> list[zipfile.ZipInfo]:
             raise Unusable("unreadable: truncated (a zip archive without its central directory: the write was cut "
                            "short or the copy is incomplete)") from exc
         if head[:1] == b"\x80":
-            raise Unusable("refused: a plain pickle (or torch's pre-1.6 format), not the zip archive torch.save "
-                           "writes; a plain pickle can run code when it is loaded, so it is not read") from exc
+            raise Unusable(_plain_pickle(f, budget)) from exc
         raise Unusable("unreadable: not a checkpoint (neither a zip archive, as torch.save writes, nor a pickle; "
                        f"it starts with bytes {head.hex(' ')})") from exc
     except OSError as exc:
@@ -114,6 +114,32 @@ def _records(f: BinaryIO, budget: float) -> list[zipfile.ZipInfo]:
         raise Unusable("unreadable: a zip archive that torch.save did not write (it has no data.pkl)")
     _check_budget(sum(i.file_size for i in infos), "records of", budget)
     return infos
+
+
+def _plain_pickle(f: BinaryIO, budget: float) -> str:
+    """Why a plain pickle is refused: it is not torch.save's zip; and, only when its opcodes (read by pickletools,
+    which runs nothing) name a Python object to call, that loading it could run code."""
+    f.seek(0)
+    named, strings = None, ["?", "?"]
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            if isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                strings = [strings[-1], str(arg)]
+            if op.name in ("GLOBAL", "INST"):
+                named = str(arg).replace(" ", ".")
+            elif op.name == "STACK_GLOBAL":  # module and name: the two strings pushed before it
+                named = ".".join(strings)
+            elif op.name in ("REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"):
+                named = "a pickled object"
+            if named or f.tell() > budget * 2**20:
+                break
+    except Exception:  # noqa: BLE001  (a malformed stream: the refusal stands, without naming an object)
+        pass
+    what = "a plain pickle (or torch's pre-1.6 format), not the zip archive torch.save writes"
+    if named is None:
+        return f"refused: {what}; dytrim reads only checkpoints that torch.save wrote"
+    return (f"refused: {what}, and it holds a Python object ({named}) that is not plain data: loading it could run "
+            "code, so it is not read")
 
 
 def _check_budget(nbytes: int, what: str, budget: float) -> None:

@@ -277,18 +277,20 @@ FORMATS = {  # how the only checkpoint is made -> what the message must say, and
 }
 
 
-@pytest.mark.parametrize("kind", list(FORMATS))
-def test_format_messages_say_what_is_wrong(tmp_path, kind) -> None:
-    make, says, code = FORMATS[kind]
-    path = tmp_path / "ckpt_00000020.pt"
-    make(path)
-    with pytest.warns(UserWarning) if kind != "other format version" else contextlib.nullcontext(), \
-            pytest.raises(CheckpointError) as caught:
-        load_latest(tmp_path)
-    message = str(caught.value)
-    assert says in message, message
-    assert ("could run code" in message) == code, message
-    assert not (tmp_path / "PWNED").exists()
+def test_format_messages_say_what_is_wrong(tmp_path) -> None:
+    """Each kind of bad file as the only checkpoint: the message names what is wrong, and speaks of running code only
+    for a file that names a Python object (random bytes were reported as "could run code")."""
+    for kind, (make, says, code) in FORMATS.items():
+        folder = tmp_path / kind.replace(" ", "-")
+        folder.mkdir()
+        make(folder / "ckpt_00000020.pt")
+        with pytest.warns(UserWarning) if kind != "other format version" else contextlib.nullcontext(), \
+                pytest.raises(CheckpointError) as caught:
+            load_latest(folder)
+        message = str(caught.value)
+        assert says in message, (kind, message)
+        assert ("could run code" in message) == code, (kind, message)
+        assert not (folder / "PWNED").exists()
 
 
 # ----------------------------------------------------------------------------- a checkpoint of this run only

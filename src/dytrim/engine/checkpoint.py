@@ -146,13 +146,15 @@ def _usable(paths: list[Path], map_location: str | torch.device, first_only: boo
         try:
             found.append((load_checkpoint(path, map_location), path))
         except _Unusable as exc:
-            reasons.append(f"{path.name}: {exc}")
-            warnings.warn(f"checkpoint {path.name} is {exc}; skipping it", stacklevel=3)
+            reasons.append((path, exc))
             continue
         if first_only:
             break
-    if reasons and not found:
-        raise CheckpointError(f"no usable checkpoint in '{paths[0].parent}': " + "; ".join(reasons))
+    if reasons and not found:  # one line: the error names every file and why (no warning repeats it)
+        raise CheckpointError(f"no usable checkpoint in '{paths[0].parent}': "
+                              + "; ".join(f"{path.name}: {exc}" for path, exc in reasons))
+    for path, exc in reasons:
+        warnings.warn(f"checkpoint {path.name} is {exc}; skipping it", stacklevel=3)
     return found
 
 

@@ -1,5 +1,7 @@
 """One run directory, one experiment: what `dytrim train --resume` may change, and the checks that refuse
-the rest before anything in the directory is written."""
+the rest before anything in the directory is written. The keys a resume may change (RESUMABLE) and the comparison
+of two configs live in config/experiment.py, which checkpoint rotation shares; `check_checkpoint` is also what
+`eval`, `predict` and `export` ask of a checkpoint (with `command=` naming them)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dytrim.config.keys import CHOICES, all_keys, get_key
 from dytrim.config.schema import ConfigError, RunConfig, require
+from dytrim.config.yamlfile import shown
 from dytrim.suggest import did_you_mean
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes [0, 2^32 - 1]; torch and Python take more
 
 
 def validate(cfg: RunConfig) -> None:
@@ -16,6 +19,8 @@ def validate(cfg: RunConfig) -> None:
             continue  # a section this config was built without; debias.methods: checked name by name below
         require(flat[key] in choices, key, f"must be one of {', '.join(choices)}; got '{flat[key]}'."
                 f"{did_you_mean(str(flat[key]), choices)}")
+    require(0 <= cfg.seed <= SEED_MAX, "seed", f"must be in [0, {SEED_MAX}] (0 to 2^32 - 1, the seeds numpy takes); "
+            f"got {shown(cfg.seed, 60)}: pick a seed in that range, e.g. --set seed=1")
     d, s, o, t, a = cfg.data, cfg.ssl, cfg.optim, cfg.train, cfg.aug
     require(d.imb_ratio_l >= 1, "data.imb_ratio_l", f"gamma_l must be >= 1 (1 = balanced); got {d.imb_ratio_l}")
     require(

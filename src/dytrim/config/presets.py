@@ -17,8 +17,7 @@ def _preset_files() -> dict[str, Any]:
 
 
 def _read_preset(name: str, file: Any) -> dict[str, Any]:
-    """A shipped preset, read by the same bounded reader as a user's file (a preset may be a user's own file in an
-    installed copy)."""
+    """A shipped preset, read by the same bounded reader as a user's file (duplicate keys are refused there too)."""
     data = load_yaml_text(file.read_text(encoding="utf-8"), f"preset '{name}'") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"preset '{name}' must hold a mapping of config keys; it holds a {type(data).__name__}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dytrim.config import RunConfig
 from dytrim.debias import create_components
+from dytrim.engine.budget import check_step_budget
 from dytrim.engine.build import build_parts, run_context
 from dytrim.engine.hooks import Component
 from dytrim.engine.loop import Trainer
@@ -24,6 +25,9 @@ def build_trainer(
     `resume=True` with a checkpoint in `out_dir`: the weights will come from it (model.pretrained is not read)."""
     parts = build_parts(cfg, Path(out_dir), resume)
     ssl = create_ssl(cfg.ssl, parts.data.num_classes, len(parts.data.ulb_idx))
+    data = parts.data  # the step's memory against the memory there is, before any step (engine/budget.py)
+    check_step_budget(cfg, parts.model, tuple(data.x_train.shape[1:]), len(data.lb_idx), len(data.ulb_idx),
+                      ssl.uses_unlabeled, parts.device, parts.dist, parts.precision)
     ctx = run_context(parts, ssl.uses_unlabeled)
     components = create_components(cfg, ctx) + list(extra_components)
     return Trainer(parts, ssl, components, ctx)

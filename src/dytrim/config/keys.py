@@ -12,9 +12,8 @@ import typing
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import yaml
-
 from dytrim.config.schema import NAMED_BY_REGISTRY, SECTIONS, ConfigError, RunConfig
+from dytrim.config.yamlfile import capped, load_yaml_text, shown
 from dytrim.suggest import did_you_mean
 
 #: allowed values of the core keys that no registry names
@@ -125,8 +124,8 @@ def key_help() -> list[dict[str, str]]:
 
 
 def _unknown_key(key: str) -> ConfigError:
-    hint = did_you_mean(key, all_keys())
-    return ConfigError(f"unknown config key '{key}'.{hint} (`dytrim presets --keys` lists all keys)")
+    hint = did_you_mean(key, all_keys()) if len(key) <= 100 else ""
+    return ConfigError(f"unknown config key '{capped(key, 100)}'.{hint} (`dytrim presets --keys` lists all keys)")
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -142,7 +141,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
-        raise ConfigError(f"config key '{key}' expects a list of names (YAML list or a,b,c), got {value!r}")
+        raise ConfigError(f"config key '{key}' expects a list of names (YAML list or a,b,c), got {shown(value)}")
     if ann is bool:
         if isinstance(value, bool):
             return value
@@ -157,7 +156,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):  # YAML's .nan / .inf
-                raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")
+                raise ConfigError(f"config key '{key}' expects a finite number, got {shown(value)}")
             return float(value)
     elif ann is str:
         if isinstance(value, str):
@@ -168,7 +167,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return str(value)
     else:  # pragma: no cover - only the types above are used
         return value
-    raise ConfigError(f"config key '{key}' expects {ann.__name__}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"config key '{key}' expects {ann.__name__}, got {shown(value)} ({type(value).__name__})")
 
 
 def set_key(cfg: RunConfig, key: str, value: Any) -> None:
@@ -202,12 +201,11 @@ def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], prefix: str = "") -> 
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`a.b=value` -> (key, YAML-parsed value)."""
+    """`a.b=value` -> (key, YAML-parsed value), read by the bounded reader (config/yamlfile.py)."""
     if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got '{text}'")
+        raise ConfigError(f"--set expects key=value, got '{capped(text)}'")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from exc
-    return key.strip(), value
+    key = key.strip()
+    if not raw.strip():
+        return key, ""
+    return key, load_yaml_text(raw, f"--set {capped(key, 60)}: cannot parse value '{capped(raw, 60)}'")

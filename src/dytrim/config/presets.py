@@ -6,9 +6,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dytrim.config.schema import ConfigError
+from dytrim.config.yamlfile import load_yaml_text, read_yaml_file
 from dytrim.suggest import did_you_mean
 
 
@@ -17,12 +16,18 @@ def _preset_files() -> dict[str, Any]:
     return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
+def _read_preset(name: str, file: Any) -> dict[str, Any]:
+    """A shipped preset, read by the same bounded reader as a user's file (duplicate keys are refused there too)."""
+    data = load_yaml_text(file.read_text(encoding="utf-8"), f"preset '{name}'") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset '{name}' must hold a mapping of config keys; it holds a {type(data).__name__}")
+    return data
+
+
 def list_presets() -> dict[str, str]:
     """Preset name -> its one-line description."""
-    out = {}
-    for name, path in sorted(_preset_files().items()):
-        out[name] = str(yaml.safe_load(path.read_text()).get("description", ""))
-    return out
+    files = sorted(_preset_files().items())
+    return {name: str(_read_preset(name, path).get("description", "")) for name, path in files}
 
 
 def preset_mapping(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -32,7 +37,7 @@ def preset_mapping(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"unknown preset '{name}'.{hint} `dytrim presets` lists them.")
     if name in seen:
         raise ConfigError(f"preset '{name}' extends itself: {' -> '.join(seen + (name,))}")
-    raw = yaml.safe_load(files[name].read_text()) or {}
+    raw = _read_preset(name, files[name])
     raw.pop("description", None)
     parent = raw.pop("extends", None)
     base = preset_mapping(parent, seen + (name,)) if parent else {}
@@ -47,32 +52,14 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """A YAML file of plain values as a dict; every way it can be wrong is a ConfigError naming `what` and
-    the file (missing, a folder, unreadable, a syntax error with its line and column, a Python tag, not a
-    mapping). Only plain YAML is read (safe_load): a tag like !!python/object never constructs anything."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ConfigError(f"{what}: no such file '{p}'")
-    if p.is_dir():
-        raise ConfigError(f"{what}: '{p}' is a folder; give a YAML file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what}: cannot read '{p}' ({getattr(exc, 'strerror', None) or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        if isinstance(exc, yaml.constructor.ConstructorError):
-            problem += " (only plain YAML values are read; Python tags are refused)"
-        raise ConfigError(f"{what}: '{p}'{where}: {problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what}: '{p}' is not valid YAML ({exc})") from exc
+    """A YAML file of plain values as a dict, read by the bounded reader (config/yamlfile.py: size, aliases,
+    nesting, duplicate keys); every way it can be wrong is a ConfigError naming `what` and the file (missing, a
+    folder, unreadable, a syntax error with its line and column, a Python tag, not a mapping). Only plain YAML is
+    read: a tag like !!python/object never constructs anything."""
+    data = read_yaml_file(path, what)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{what}: '{p}' must hold a mapping of config keys (key: value lines); "
+        raise ConfigError(f"{what}: '{Path(path).expanduser()}' must hold a mapping of config keys (key: value lines); "
                           f"it holds a {type(data).__name__}")
     return data

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
-from dytrim.config import config_from_dict
+from dytrim.config import config_from_dict, read_yaml_mapping
 from dytrim.dynamics.mlp import SmallMLP
 from dytrim.dynamics.ntk import eval_mode
 from dytrim.engine.checkpoint import load_all
@@ -151,7 +150,7 @@ class RunModel:
 
 
 def _run_meta(run_dir: Path) -> tuple[object, torch.Tensor]:
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = config_from_dict(read_yaml_mapping(run_dir / "config.yaml", "dynamics"))
     counts = torch.tensor(json.loads((run_dir / "run.json").read_text())["counts"]["labeled"], dtype=torch.float64)
     return cfg, counts / counts.sum()
 

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from dytrim.config import ConfigError
+from dytrim.config import ConfigError, read_yaml_mapping
 from dytrim.engine.metrics_log import read_rows
 
 
@@ -150,8 +148,8 @@ def class_names(run_dir: Path, n: int) -> list[str]:
     """A run directory's class names (data.json, summary.json, its data set's known names, or indices)."""
     summary = _read_json(run_dir / "summary.json")
     config_path = run_dir / "config.yaml"
-    config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
-    return _class_names(run_dir, summary, config if isinstance(config, dict) else {}, n)
+    config = read_yaml_mapping(config_path, "report") if config_path.is_file() else {}
+    return _class_names(run_dir, summary, config, n)
 
 
 def _labeled_counts(path: Path, meta: dict[str, Any], summary: dict[str, Any], n: int) -> list[int] | None:
@@ -181,7 +179,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunRecord:
         summary = {}
     config: dict[str, Any] = {}
     if (path / "config.yaml").is_file():
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        config = read_yaml_mapping(path / "config.yaml", "report")
     meta = _read_json(path / "run.json")
     n = len(rows[-1]["per_class_recall"])
     record = RunRecord(

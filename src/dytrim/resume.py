@@ -17,6 +17,7 @@ from dytrim.config import (
     get_key,
     parse_override,
     read_yaml_mapping,
+    schedule,
     set_key,
     validate,
 )
@@ -25,7 +26,8 @@ from dytrim.config import (
 #: what is trained (data, split, model, method, optimiser, seed, ...) and needs a new run directory.
 RESUMABLE: dict[str, str] = {
     "train.steps": "length of the run: extend (or shorten) it; a cosine LR and DyTrim's annealing follow the new "
-                   "length from the current step on",
+                   "length from the current step on; a schedule point written as a fraction (debias.start, "
+                   "optim.warmup_steps) keeps the step it had (config/schedule.py pin_fractions)",
     "train.eval_every": "evaluation cadence (evaluation reads the EMA model and changes no training state)",
     "train.ckpt_every": "checkpoint cadence",
     "train.keep_ckpts": "how many checkpoints are kept",
@@ -87,8 +89,9 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, str |
     for key, old in before.items():
         if after[key] != old and key not in RESUMABLE:
             raise _refuse(key, old, after[key])
+    pinned = schedule.pin_fractions(cfg, before["train.steps"])  # a CDMAD already on stays on in a longer run
     validate(cfg)
-    return cfg, note
+    return cfg, "; ".join(n for n in [note, *pinned] if n) or None
 
 
 def _checkpoint_config(run_dir: Path) -> tuple[dict[str, Any], str]:
@@ -114,6 +117,9 @@ def check_checkpoint_config(cfg: RunConfig, saved: dict[str, Any], checkpoint: s
                           "new --out") from exc
     mine, theirs = _flat(cfg), _flat(stored)
     for key, value in mine.items():
+        if key in schedule.STEP_KEYS and schedule.schedule_matches(key, value, cfg.train.steps, theirs[key],
+                                                                  stored.train.steps):
+            continue  # a fraction pinned to its step on an earlier resume (pin_fractions)
         if key not in RESUMABLE and theirs[key] != value:
             raise ConfigError(
                 f"--resume: config.yaml and {checkpoint} disagree on {key} (config.yaml: {value!r}, checkpoint: "

@@ -111,9 +111,10 @@ def adapt_eval_every(cfg: RunConfig, explicit: bool) -> str | None:
     if explicit or t.eval_every < 1 or evaluations(t.steps, t.eval_every) >= MIN_EVALS:
         return None
     old, t.eval_every = t.eval_every, max(1, t.steps // MIN_EVALS)
+    new = "at every step" if t.eval_every == 1 else f"every {t.eval_every} steps"
     return (f"train.eval_every={old} would give {evaluations(t.steps, old)} evaluation(s) in train.steps={t.steps}; "
-            f"evaluating every {t.eval_every} steps instead ({evaluations(t.steps, t.eval_every)} evaluations; set "
-            "train.eval_every to choose)")
+            f"evaluating {new} instead ({evaluations(t.steps, t.eval_every)} evaluations; set train.eval_every to "
+            "choose)")
 
 
 def evaluations(steps: int, every: int) -> int:

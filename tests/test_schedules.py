@@ -162,6 +162,25 @@ def test_every_preset_resolves_to_the_steps_it_had_on_main() -> None:
         assert now == old, name
 
 
+@pytest.mark.slow
+def test_a_fraction_trains_exactly_as_the_step_it_resolves_to(tmp_path) -> None:
+    """debias.start=0.25 of 40 steps and debias.start=10: the same metrics, bit for bit (CDMAD + DyTrim on MNIST-LT,
+    annealing at 0.5 = step 20 so pruning, its pi(I)-guided rule and annealing all happen)."""
+    common = ["train", "--preset", "mnist-lt-dytrim", "--set", "train.steps=40", "--set", "train.eval_every=10",
+              "--set", "prune.anneal=0.5", "--set", "train.progress=false", "--set", "train.threads=1"]
+    for start in ("0.25", "10"):
+        assert main([*common, "--set", f"debias.start={start}", "--out", str(tmp_path / start)]) == 0
+    volatile = {"wall_s", "images_per_s", "train_s"}
+
+    def rows(run: Path) -> list[dict]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in volatile} for line in lines]
+
+    a, b = rows(tmp_path / "0.25"), rows(tmp_path / "10")
+    assert len(a) == 4 and a == b
+    assert a[0]["pruning"]["r_c"] != a[-2]["pruning"]["r_c"]  # the pi(I)-guided rule did run
+
+
 def test_debiasing_presets_are_written_as_fractions() -> None:
     for name in list_presets():
         cfg, _ = _quiet_config(name)

@@ -25,8 +25,6 @@ from dytrim.config.schema import ConfigError, RunConfig
 
 #: keys that are points of the schedule: an int is the absolute step, a float in [0, 1] a fraction of train.steps
 STEP_KEYS = ("debias.start", "optim.warmup_steps")
-#: keys that are fractions of train.steps only (floats in [0, 1])
-FRACTION_KEYS = ("prune.anneal",)
 #: a run shorter than this many default evaluation intervals evaluates at train.steps // MIN_EVALS instead
 MIN_EVALS = 5
 
@@ -53,7 +51,7 @@ def step_of(cfg: RunConfig, key: str) -> int:
 
 
 def describe(cfg: RunConfig, key: str) -> str:
-    """`debias.start=0.2 (step 60 of 300)` or `debias.start=3000`: the value with what it resolves to."""
+    """`debias.start=0.2 (step 60 of train.steps=300)` or `debias.start=3000`: the value and what it resolves to."""
     value = _get(cfg, key)
     if isinstance(value, float):
         return f"{key}={value:g} (step {step_of(cfg, key)} of train.steps={cfg.train.steps})"

@@ -14,6 +14,7 @@ import torch
 
 from dytrim.cli import main
 from dytrim.config import ConfigError, load_config
+from dytrim.config.schedule import step_of
 from dytrim.debias.dytrim import DyTrim
 from dytrim.engine.context import Progress, RunContext
 from dytrim.engine.loop import Trainer
@@ -225,7 +226,7 @@ def test_paper_dytrim_presets_resolve(preset) -> None:
     cfg = load_config(preset)
     assert cfg.debias.methods == ["cdmad", "dytrim"] and cfg.debias.baseline == "zeros"
     assert (cfg.prune.keep_rate, cfg.prune.anneal, cfg.prune.tau, cfg.prune.budget) == (0.3, 0.875, 0.0, "fixed")
-    assert cfg.train.steps == 250_000 and cfg.debias.start == 50_500 and cfg.model.name == "wrn_28_2"
+    assert cfg.train.steps == 250_000 and step_of(cfg, "debias.start") == 50_500 and cfg.model.name == "wrn_28_2"
 
 
 # ---------------------------------------------------------------- rules that never erase a class

@@ -6,10 +6,11 @@ hooks), and the CLI, the benchmarks and the tests build every run through `build
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from dytrim.config import RunConfig
+from dytrim.config import RunConfig, schedule
 from dytrim.debias import create_components
 from dytrim.engine.budget import check_step_budget
 from dytrim.engine.build import build_parts, run_context
@@ -30,4 +31,13 @@ def build_trainer(
                       ssl.uses_unlabeled, parts.device, parts.dist, parts.precision)
     ctx = run_context(parts, ssl.uses_unlabeled)
     components = create_components(cfg, ctx) + list(extra_components)
+    for line in _never_on(cfg, components):
+        warnings.warn(line, stacklevel=2)
     return Trainer(parts, ssl, components, ctx)
+
+
+def _never_on(cfg: RunConfig, components: Sequence[Component]) -> list[str]:
+    """One line per part of the run that would switch on at a schedule point after train.steps (or after its own
+    end), so it never runs: a component's `starts` and the LR warm-up."""
+    lines = [schedule.never_on(cfg, c.name, *c.starts) for c in components if c.starts is not None]
+    return [line for line in [*lines, schedule.warmup_warning(cfg)] if line]

@@ -17,6 +17,7 @@ from dytrim.config import (
     get_key,
     parse_override,
     read_yaml_mapping,
+    schedule,
     set_key,
     validate,
 )
@@ -64,8 +65,9 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, str |
     for key, old in before.items():
         if after[key] != old and key not in RESUMABLE:
             raise _refuse(key, old, after[key])
+    pinned = schedule.pin_fractions(cfg, before["train.steps"])  # a CDMAD already on stays on in a longer run
     validate(cfg)
-    return cfg, note
+    return cfg, "; ".join(n for n in [note, *pinned] if n) or None
 
 
 def _checkpoint_config(run_dir: Path) -> tuple[dict[str, Any], str]:

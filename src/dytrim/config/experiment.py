@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from dytrim.config.keys import all_keys, apply_mapping, get_key
+from dytrim.config.schedule import STEP_KEYS, schedule_matches
 from dytrim.config.schema import ConfigError, RunConfig
 
 #: Keys a resumed run may change, and why each leaves the experiment as it was. Every other key changes
 #: what is trained (data, split, model, method, optimiser, seed, ...) and needs a new run directory.
 RESUMABLE: dict[str, str] = {
     "train.steps": "length of the run: extend (or shorten) it; a cosine LR and DyTrim's annealing follow the new "
-                   "length from the current step on",
+                   "length from the current step on; a schedule point written as a fraction (debias.start, "
+                   "optim.warmup_steps) keeps the step it had (config/schedule.py pin_fractions)",
     "train.eval_every": "evaluation cadence (evaluation reads the EMA model and changes no training state)",
     "train.ckpt_every": "checkpoint cadence",
     "train.keep_ckpts": "how many checkpoints are kept",
@@ -48,8 +50,15 @@ def stored_config(saved: dict[str, Any]) -> RunConfig:
 def differences(cfg: RunConfig, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, value in `cfg`, value in `saved`) for every key outside RESUMABLE where the two differ; empty when
     `saved` (a stored config dict) is the same experiment. ConfigError when `saved` cannot be read."""
-    mine, theirs = flat(cfg), flat(stored_config(saved))
-    return [(k, v, theirs[k]) for k, v in mine.items() if k not in RESUMABLE and theirs[k] != v]
+    stored = stored_config(saved)
+    mine, theirs = flat(cfg), flat(stored)
+    return [(k, v, theirs[k]) for k, v in mine.items() if k not in RESUMABLE and theirs[k] != v
+            and not _pinned(k, v, cfg.train.steps, theirs[k], stored.train.steps)]
+
+
+def _pinned(key: str, mine: Any, steps: int, theirs: Any, their_steps: int) -> bool:
+    """A schedule point that is the same step in both: a fraction pinned to its step on an earlier resume."""
+    return key in STEP_KEYS and schedule_matches(key, mine, steps, theirs, their_steps)
 
 
 def same_experiment(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -135,6 +135,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if typing.get_origin(ann) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if set(args) == {int, float}:  # a schedule point: an int is a step, a float a fraction (config/schedule.py)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            args = (float,)
         ann = next(a for a in args if a is not type(None))
     if typing.get_origin(ann) is list:
         if isinstance(value, str):

@@ -126,7 +126,9 @@ class DebiasConfig:
 
     methods: list[str] = field(default_factory=list)  # registered debiasers, applied in this order (comma list)
     baseline: str = "zeros"  # baseline image I in the normalised input space: zeros (DyTrim) | ones (CDMAD)
-    start: int = 0  # step after which CDMAD / DyTrim use z(I) (pseudo-labels, prune ratios; reference: 100 epochs)
+    start: int | float = 0  # when CDMAD / DyTrim start using z(I) (pseudo-labels, prune ratios): an integer is the
+    #   absolute step, a float in [0, 1] a fraction of train.steps (0.2 = from step ceil(0.2 * train.steps));
+    #   reference: after 100 of 500 epochs, 0.202 = step 50,500 of 250k
 
 
 @dataclass
@@ -139,7 +141,8 @@ class OptimConfig:
     nesterov: bool = True  # Nesterov momentum (optim.name=sgd)
     weight_decay: float = 0.0  # optimiser (coupled) weight decay
     schedule: str = "constant"  # constant | cosine (USB: lr * cos(7*pi*k / (16*K)))
-    warmup_steps: int = 0  # linear LR warm-up steps
+    warmup_steps: int | float = 0  # linear LR warm-up: an integer is steps, a float in [0, 1] a fraction of
+    #   train.steps (as debias.start)
     ema_decay: float = 0.999  # decay of the EMA teacher (the evaluated model)
     ema_wd: float = 0.0  # reference quirk: every tensor of the model *= (1 - ema_wd * lr) after each EMA step
     ema_buffers: str = "ema"  # ema: average BN buffers too (reference) | copy: copy them (USB)
@@ -150,7 +153,9 @@ class TrainConfig:
     """Schedule length, batches, evaluation and checkpoint cadence, machine settings."""
 
     steps: int = 250_000  # optimiser updates (schedule clock steps) of the run
-    eval_every: int = 500  # steps between evaluations of the EMA model (one metrics.jsonl row each)
+    eval_every: int = 500  # steps between evaluations of the EMA model (one metrics.jsonl row each); a preset's
+    #   (or this default) value adapts to a short run: fewer than 5 evaluations in train.steps -> train.steps // 5;
+    #   a value given with --set or --config is kept as it is
     batch_size: int = 32  # labeled images per step
     uratio: int = 2  # unlabeled images per labeled image
     eval_batch_size: int = 512  # images per evaluation forward

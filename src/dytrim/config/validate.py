@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dytrim.config.keys import CHOICES, all_keys, get_key
+from dytrim.config.schedule import check_schedule
 from dytrim.config.schema import ConfigError, RunConfig, require
 from dytrim.config.yamlfile import capped, shown
 from dytrim.suggest import did_you_mean
@@ -69,7 +70,6 @@ def validate(cfg: RunConfig) -> None:
     require(0 <= o.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1); got {shown(o.ema_decay)}")
     require(o.ema_wd >= 0 and o.ema_wd * o.lr < 1, "optim.ema_wd", "must be >= 0 with ema_wd * lr < 1")
     require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0; got {shown(o.weight_decay)}")
-    require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0; got {shown(o.warmup_steps)}")
     require(t.steps >= 1, "train.steps", f"must be >= 1; got {shown(t.steps)}")
     require(t.eval_every >= 1, "train.eval_every", f"must be >= 1; got {shown(t.eval_every)}")
     require(t.batch_size >= 1, "train.batch_size", f"must be >= 1; got {shown(t.batch_size)}")
@@ -94,7 +94,7 @@ def validate(cfg: RunConfig) -> None:
         "debias.methods",
         "resample and dytrim both replace the labeled sampler; list only one of them",
     )
-    require(cfg.debias.start >= 0, "debias.start", f"must be >= 0; got {shown(cfg.debias.start)}")
+    check_schedule(cfg)  # debias.start, optim.warmup_steps: a step or a fraction of train.steps
     for name in cfg.sections:  # each component's own section: its CHOICES (above) and its checks
         check = getattr(cfg.sections[name], "check", None)
         if check is not None:

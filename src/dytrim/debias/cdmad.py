@@ -2,10 +2,10 @@
 
 Training (reference `fixmatchcdmad.py`): each step, z(I) from the training-mode network with no
 gradient, taken before the weak forward pass (its BN statistics are those of the one constant image,
-and like the reference it updates the running buffers); after `debias.start` steps, pseudo-labels
-come from z(weak u) − z(I). Test: argmax z(x) − z(I) with the EMA model, its BN in eval mode as the
-reference (running statistics) or, with `cdmad.test_bn=train`, in train mode (the image's own
-statistics, as during training; running buffers untouched).
+and like the reference it updates the running buffers); from `debias.start` on (a step, or a fraction
+of train.steps: config/schedule.py), pseudo-labels come from z(weak u) − z(I). Test: argmax z(x) − z(I)
+with the EMA model, its BN in eval mode as the reference (running statistics) or, with `cdmad.test_bn=train`,
+in train mode (the image's own statistics, as during training; running buffers untouched).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 
 from dytrim.config import RunConfig, config_section
+from dytrim.config.schedule import step_of
 from dytrim.debias.registry import COMPONENTS
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
@@ -38,10 +39,11 @@ class CDMAD(Component):
 
     name = "cdmad"
     uses_probe = True
+    starts = ("pseudo-label debiasing z(u) - z(I)", "debias.start", "")
 
     def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.start = cfg.debias.start
+        self.start = step_of(cfg, "debias.start")  # a step, or a fraction of train.steps resolved to one
         self.test_bn = cfg.cdmad.test_bn
 
     def pseudo_logits(self, logits_w: torch.Tensor, step: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from dytrim.config import RunConfig, config_section, require
+from dytrim.config.schedule import step_of, to_step
 from dytrim.debias.registry import COMPONENTS
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component, StepOutput
@@ -98,11 +99,12 @@ class DyTrim(Component):
 
     name = "dytrim"
     uses_probe = True
+    starts = ("the pi_theta(I)-guided labeled pruning (r_c = labeled prior before it)", "debias.start", "prune.anneal")
 
     def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
         self.ctx = ctx
         self.p = cfg.prune
-        self.start = cfg.debias.start
+        self.start = step_of(cfg, "debias.start")  # a step, or a fraction of train.steps resolved to one
         self.lb_prior = ctx.lb_prior
         self.lb_counts = list(ctx.lb_counts)
         self.pi_ema: torch.Tensor | None = None  # EMA of pi_theta(I) (prune.ratio_ema > 0), from debias.start
@@ -152,7 +154,7 @@ class DyTrim(Component):
     # ------------------------------------------------------------------ decisions
     def annealing(self) -> bool:
         """True in the last (1 - delta) of training: full data and unit weights (InfoBatch annealing)."""
-        return self.step >= self.p.anneal * self.ctx.progress.total_steps
+        return self.step >= to_step(self.p.anneal, self.ctx.progress.total_steps)  # ceil(delta * T), exact
 
     def z_I(self) -> torch.Tensor | None:
         return self.ctx.z_I
@@ -273,7 +275,7 @@ class DyTrim(Component):
     def on_finish(self, out_dir: Path, rows: list[dict[str, Any]]) -> None:
         from dytrim.pruning.plots import plot_pruning
 
-        plot_pruning(rows, out_dir / "pruning.png", self.ctx.classes, self.ctx.lb_counts)
+        plot_pruning(rows, out_dir / "pruning.png", self.ctx.classes, self.ctx.lb_counts, self.start)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

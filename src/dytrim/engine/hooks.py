@@ -53,6 +53,8 @@ class Component:
 
     name = "component"
     uses_probe = False  # True: the loop computes ctx.z_I (train-mode z(I), no gradient) at the start of each step
+    starts: tuple[str, str, str] | None = None  # (what, key of its start step, key of its end step or ""): a part
+    #   of the component that switches on at a schedule point; the run warns at start-up when it never does
 
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> Any | None:
         """Replace the labeled sampler (re-sampling); None keeps the default epoch sampler."""

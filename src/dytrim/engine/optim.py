@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dytrim.config import OptimConfig
+from dytrim.config.schedule import to_step
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -27,12 +28,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Learning rate for optimiser step `step` (0-based): linear warm-up, then constant or
     USB/FixMatch cosine lr * cos(7*pi*k / (16*K)) over the steps after warm-up."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    warmup = to_step(cfg.warmup_steps, total_steps)  # a step count, or a fraction of train.steps
+    if warmup and step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "constant":
         return cfg.lr
-    k = step - cfg.warmup_steps
-    span = max(1, total_steps - cfg.warmup_steps)
+    k = step - warmup
+    span = max(1, total_steps - warmup)
     return cfg.lr * math.cos(7.0 * math.pi * k / (16.0 * span))
 
 

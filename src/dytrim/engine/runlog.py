@@ -114,13 +114,14 @@ def format_summary(summary: dict[str, Any], out: Path | str) -> str:
         return f"{100 * v:5.1f}"
 
     n = next((summary[k]["n_last"] for k in ("bacc", "acc") if k in summary), 0)
-    head = f"{'EMA model, test set (%)':<24} {'last':>6} {'best':>6} {f'mean of last {n}':>16}"
+    mean = f"mean of last {n} eval{'s' if n != 1 else ''}"  # min(20, evaluations): the count is in the label
+    head = f"{'EMA model, test set (%)':<24} {'last':>6} {'best':>6} {mean:>21}"
     lines = [head, "-" * len(head)]
     for key, label in (("acc", "accuracy"), ("bacc", "bACC"), ("gm", "GM"), ("acc_debiased", "accuracy, debiased"),
                        ("bacc_debiased", "bACC, debiased"), ("gm_debiased", "GM, debiased")):
         if key in summary:
             s = summary[key]
-            lines.append(f"{label:<24} {pct(s['last']):>6} {pct(s['best']):>6} {pct(s['mean_last20']):>16}")
+            lines.append(f"{label:<24} {pct(s['last']):>6} {pct(s['best']):>6} {pct(s['mean_last20']):>21}")
     for suffix, label in (("", "many / medium / few"), ("_debiased", "many / medium / few, debiased")):
         if all(f"{g}{suffix}" in summary for g in ("many", "medium", "few")):
             groups = " / ".join(pct(summary[f"{g}{suffix}"]["last"]).strip() for g in ("many", "medium", "few"))

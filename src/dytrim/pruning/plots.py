@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_pruning(rows: list[dict[str, Any]], path: Path, classes: list[str], lb_counts: list[int]) -> None:
-    """Three panels against steps; nothing is written if no row carries `pruning`."""
+def plot_pruning(rows: list[dict[str, Any]], path: Path, classes: list[str], lb_counts: list[int],
+                 start: int | None = None) -> None:
+    """Three panels against steps; nothing is written if no row carries `pruning`. `start`: the step debias.start
+    resolved to (named in the r_c panel, marked when it falls inside the run)."""
     rows = [r for r in rows if "pruning" in r]
     if not rows:
         return
@@ -30,7 +32,13 @@ def plot_pruning(rows: list[dict[str, Any]], path: Path, classes: list[str], lb_
         bx.plot(steps, [100 * r["pruning"]["r_c"][c] for r in rows], color=colours[c], label=label)
     ax.set_title("labeled kept per class (% of N_c)")
     ax.set_ylim(0, 105)
-    bx.set_title("prune ratio r_c = π_θ(I)_c (labeled prior before debias start)")
+    if start is None:
+        bx.set_title("prune ratio r_c = π_θ(I)_c (labeled prior before debias start)")
+    elif start <= steps[-1]:
+        bx.set_title(f"prune ratio r_c = π_θ(I)_c (labeled prior before step {start}, debias.start)")
+        bx.axvline(start, color="grey", ls="--", lw=1)
+    else:
+        bx.set_title(f"prune ratio r_c = labeled prior: debias.start (step {start}) after the last step")
     bx.set_ylabel("%")
     if n_cls <= 10:
         ax.legend(fontsize=7, title="class (N_c)", title_fontsize=7, ncol=2)

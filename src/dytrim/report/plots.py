@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dytrim.config.schedule import to_step
+
 from .runs import RunRecord
 
 DPI = 110
@@ -182,11 +184,16 @@ def plot_prior(record: RunRecord, path: Path) -> Path | None:
 
 
 def _debias_start(record: RunRecord) -> int | None:
-    """The step from which the run debiases (debias.start), if it uses a method that has one."""
+    """The step from which the run debiases (debias.start resolved), if it uses a method that has one."""
     debias = record.config.get("debias", {}) or {}
     methods = set(debias.get("methods") or [])
-    start = debias.get("start")
-    return int(start) if methods & {"cdmad", "dytrim"} and isinstance(start, int) and start > 0 else None
+    start, steps = debias.get("start"), (record.config.get("train", {}) or {}).get("steps")
+    if not methods & {"cdmad", "dytrim"} or isinstance(start, bool) or not isinstance(start, (int, float)):
+        return None
+    if isinstance(start, float) and not isinstance(steps, int):
+        return None  # a fraction of a length the config does not say
+    step = to_step(start, steps or 0)  # a step, or a fraction of train.steps (config/schedule.py)
+    return step if step > 0 else None
 
 
 def _class_ticks(ax: Any, record: RunRecord, order: list[int]) -> None:

@@ -46,6 +46,11 @@ def mean_last(record: RunRecord, key: str, n: int = LAST_N) -> float | None:
     return sum(values[-n:]) / len(values[-n:]) if values else None
 
 
+def count_last(record: RunRecord, key: str, n: int = LAST_N) -> int:
+    """How many evaluations `mean_last` averages: min(n, evaluations that logged the metric)."""
+    return min(n, len(record.series(key)[1]))
+
+
 def updates(record: RunRecord) -> tuple[int | None, bool]:
     """Optimizer updates, and whether they were inferred from the step count (runs before the counter)."""
     for source in (record.summary, record.rows[-1], record.rows[-1].get("pruning") or {}):
@@ -75,24 +80,32 @@ def _pct(value: float | None) -> str:
 
 
 def comparison_table(records: list[RunRecord]) -> Table:
-    """One row per run: the final model's metrics, the mean of the last 20 evaluations, wall time, updates."""
+    """One row per run: the final model's metrics, the mean of the last 20 evaluations ("(of n)" when a run has
+    fewer; such a column marks no best), wall time, updates."""
     header = ["run", "final on"]
     header += [f"final {label}" for _, label in METRICS] + [f"last-{LAST_N} {label}" for _, label in METRICS]
     header += ["wall time", "updates"]
     values: list[list[float | None]] = []
     rows = []
+    covered: list[list[int]] = []  # per run: evaluations behind each last-n mean
     for r in records:
         final, where = r.final()
         nums = [as_number(final.get(k)) for k, _ in METRICS] + [mean_last(r, k) for k, _ in METRICS]
         values.append(nums)
+        covered.append([count_last(r, k) for k, _ in METRICS])
         count, inferred = updates(r)
         wall = format_duration(wall_seconds(r))
         done = "—" if count is None else f"{count}{'†' if inferred else ''}"
-        rows.append([r.name, where, *map(_pct, nums), wall, done])
+        means = [_pct(v) + (f" (of {n})" if v is not None and n < LAST_N else "")
+                 for v, n in zip(nums[len(METRICS):], covered[-1], strict=True)]
+        rows.append([r.name, where, *map(_pct, nums[:len(METRICS)]), *means, wall, done])
     bold: set[tuple[int, int]] = set()
     for j in range(len(METRICS) * 2):
         column = [v[j] for v in values]
         present = [v for v in column if v is not None]
+        if j >= len(METRICS) and len({c[j - len(METRICS)] for c, v in zip(covered, column, strict=True)
+                                      if v is not None}) > 1:
+            continue  # means of different numbers of evaluations: no best to mark
         if len(present) > 1:
             best = max(present)
             bold |= {(i, j + 2) for i, v in enumerate(column) if v is not None and round(v, 4) == round(best, 4)}

@@ -74,8 +74,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _finish(out: Path, summary: dict[str, Any]) -> int:
-    text = json.dumps(_jsonable(summary), indent=1)
-    out.with_name(out.name + ".json").write_text(text + "\n")
+    text = json.dumps(_jsonable(summary), indent=1, ensure_ascii=False)  # Δlog π, not \u0394log \u03c0
+    out.with_name(out.name + ".json").write_text(text + "\n", encoding="utf-8")
     print(text)
     print(f"wrote {out}")
     return 0

@@ -168,7 +168,8 @@ def prior_recipe(runs: list[str]) -> dict[str, Any]:
     curves: list[PriorCurve] = [read_prior_curve(r) for r in runs]
     summary = {}
     for c in curves:
-        entry: dict[str, Any] = {"source": c.source, "steps": [c.steps[0], c.steps[-1]], "evaluations": len(c.steps),
+        entry: dict[str, Any] = {"source": c.source, "first_step": c.steps[0], "last_step": c.steps[-1],
+                                 "evaluations": len(c.steps),
                                  "labeled_prior": [round(float(v), 4) for v in c.lb_prior]}
         for mode in ("train", "eval"):
             k = c.kl(mode)

@@ -144,6 +144,6 @@ def write_report(
     figures, figure_notes = _figures(records, out)
     comparison, runs = comparison_table(records), runs_table(records)
     notes = _notes(records) + figure_notes
-    (out / "report.md").write_text(_markdown(title, records, runs, comparison, figures, notes))
-    (out / "report.html").write_text(_html(title, records, runs, comparison, figures, notes))
+    (out / "report.md").write_text(_markdown(title, records, runs, comparison, figures, notes), encoding="utf-8")
+    (out / "report.html").write_text(_html(title, records, runs, comparison, figures, notes), encoding="utf-8")
     return [out / "report.md", out / "report.html", *(out / f.file for f in figures)]

@@ -113,6 +113,7 @@ def _trainer(tmp_path, *overrides: str) -> Trainer:
     return build_trainer(cfg, tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")  # the reference rule, on purpose
 def test_dytrim_prunes_after_first_pass_and_anneals(tmp_path) -> None:
     t = _trainer(tmp_path, "train.steps=100", "debias.start=0", "prune.anneal=0.5")
     dy = next(c for c in t.components if isinstance(c, DyTrim))

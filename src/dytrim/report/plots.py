@@ -65,7 +65,8 @@ def plot_curves(records: list[RunRecord], path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("% on the evaluation set (EMA model)")
+    axes[0].set_ylabel("% (EMA model; test subset where a run has one)")
+    axes[1].set_ylabel("%")
     for ax in axes:
         ax.set_ylim(0, min(100, 10 * math.ceil((top + 2) / 10)))
     styles = [Line2D([], [], color="0.3", ls="-", label="raw"), Line2D([], [], color="0.3", ls="--", label="debiased")]

@@ -24,8 +24,9 @@ class Figure:
 TABLE_LEGEND = (
     f"**final**: the EMA model after the last step, on the full test set where the run made that evaluation "
     f"(else its last evaluation; see *final on*). **last-{LAST_N}**: mean over the last {LAST_N} evaluations "
-    "during training (on the evaluation subset). Numbers are %. **deb.**: debiased predictions (logits minus the "
-    "solid-colour image's logits, CDMAD / DyTrim); — where the run has none. Bold: best of the column."
+    "during training (on the test subset where the run evaluated on one, data.eval_subset). Numbers are %. "
+    "**deb.**: debiased predictions (logits minus the solid-colour image's logits, CDMAD / DyTrim); — where the "
+    "run has none. Bold: best of the column."
 )
 
 

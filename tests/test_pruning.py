@@ -20,6 +20,10 @@ from dytrim.engine.loop import Trainer
 from dytrim.factory import build_trainer
 from dytrim.pruning import PrunedSampler, capped_ratio, keep_count, keep_labeled, soft_prune
 
+# these tiny runs use DyTrim's reference labeled rule (prune.min_keep=0) on a split with 1-image classes, so its
+# start-up warning is expected (test_pruning.py checks the warning itself with pytest.warns)
+pytestmark = [pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")]
+
 
 def _rows(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -113,7 +117,6 @@ def _trainer(tmp_path, *overrides: str) -> Trainer:
     return build_trainer(cfg, tmp_path)
 
 
-@pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")  # the reference rule, on purpose
 def test_dytrim_prunes_after_first_pass_and_anneals(tmp_path) -> None:
     t = _trainer(tmp_path, "train.steps=100", "debias.start=0", "prune.anneal=0.5")
     dy = next(c for c in t.components if isinstance(c, DyTrim))

@@ -120,6 +120,7 @@ def test_only_a_payload_checkpoint_is_an_error_not_a_fresh_start(trained, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")  # DyTrim's reference rule, on purpose
 def test_checkpoints_load_weights_only_with_every_state(tmp_path) -> None:
     """A run with the most state (FlexMatch, DyTrim's scores and samplers, resample's generator) writes
     checkpoints that torch.load(weights_only=True) reads, stamped with the format version."""

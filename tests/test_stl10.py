@@ -86,6 +86,7 @@ def test_errors_name_file_and_fix(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")  # DyTrim's reference rule, on purpose
 def test_stl10_preset_resolves_and_trains_on_synthetic_files(tmp_path) -> None:
     cfg = load_config("paper-stl10lt-dytrim")
     assert (cfg.data.name, cfg.data.n1, cfg.data.imb_ratio_l, cfg.data.image_size) == ("stl10", 450, 10, 32)

@@ -204,8 +204,9 @@ def curves_figure(rows: list[dict[str, Any]], title: str, classes: list[str], lb
     bx.bar(range(len(recall)), [100 * r for r in recall], color="tab:blue")
     if len(recall) <= 20:  # full names; long ones are slanted so that neighbours do not overlap
         slant = max(map(len, classes), default=0) > 5
-        bx.set_xticks(range(len(recall)), [f"{c}\n{n}" for c, n in zip(classes, lb_counts, strict=True)],
-                      fontsize=7, rotation=35 if slant else 0, ha="right" if slant else "center")
+        labels = [f"{c} ({n})" if slant else f"{c}\n{n}" for c, n in zip(classes, lb_counts, strict=True)]
+        bx.set_xticks(range(len(recall)), labels, fontsize=7, rotation=35 if slant else 0,
+                      ha="right" if slant else "center", rotation_mode="anchor" if slant else "default")
     bx.set_xlabel("class (name / labeled count)")
     bx.set_ylabel("recall %")
     bx.set_ylim(0, 100)

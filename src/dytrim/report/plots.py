@@ -104,8 +104,9 @@ def plot_recall(records: list[RunRecord], path: Path) -> Path:
             ax.bar(xs, [100 * v for v in recall], width, color=colour, label=label, alpha=0.55 if debiased else 1.0,
                    hatch="///" if debiased else None, edgecolor="white" if not debiased else colour, linewidth=0.5)
         slant = max(map(len, ref.classes), default=0) > 8  # whole names; long ones slanted, clear of each other
-        ax.set_xticks(range(n_cls), [_class_label(ref, c) for c in order], fontsize=8, rotation=30 if slant else 0,
-                      ha="right" if slant else "center")
+        ax.set_xticks(range(n_cls), [_class_label(ref, c, newline=not slant) for c in order], fontsize=8,
+                      rotation=30 if slant else 0, ha="right" if slant else "center",
+                      rotation_mode="anchor" if slant else "default")
         ax.set_xlim(-0.6, n_cls - 0.4)
     else:  # many classes: bars would be slivers; one line per run over the class rank
         for label, recall, colour, debiased in bars:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from dytrim.engine.metrics_log import read_rows
+from dytrim.units import percent
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,8 +48,8 @@ def main() -> int:
     png = RESULTS / f"{args.preset}-curves.png"
     shutil.copyfile(out / "curves.png", png)
 
-    def pct(x: float) -> str:
-        return f"{100 * x:.2f}"
+    def pct(x: float) -> str:  # the one rounding rule (half up from the stored value), two decimals here
+        return percent(x, 2)
 
     driver = [a for a in sys.argv if a != "--record-only"]
     lines = [

@@ -153,6 +153,7 @@ def test_run_methods_cover_the_registry() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")  # DyTrim's reference rule, on purpose
 @pytest.mark.parametrize("methods", RUN_METHODS)
 def test_short_run_logs_probe_and_debiased_metrics(tmp_path, methods) -> None:
     from dytrim.cli import main

@@ -195,8 +195,9 @@ def test_unified_view_drives_library_components() -> None:
     model = make_mlp(data, hidden=8)
     warm_up(model, BatchMaker(data, cfg), 20)
     x_o, y_o = observation_digits(data, 1)
-    views = {v.name: v for v in unified_view(model, data, cfg, x_o, y_o,
-                                             ("fixmatch", "reweight", "logit_adjust", "dytrim"), n_lb=16, n_ulb=16)}
+    with pytest.warns(UserWarning, match=r"the labeled pruning rule .*`dytrim dynamics unified --min-keep 1`"):
+        views = {v.name: v for v in unified_view(model, data, cfg, x_o, y_o, ("fixmatch", "reweight", "logit_adjust",
+                                                                                "dytrim"), n_lb=16, n_ulb=16)}
     base, rw = views["fixmatch"], views["reweight"]
     assert torch.equal(base.y_lb, rw.y_lb)  # same batch for methods that keep the default sampler
     w = class_weights(data.split.lb_counts, cfg.reweight.kind, cfg.reweight.beta)[base.y_lb]

@@ -13,6 +13,9 @@ from dytrim.config import load_config
 from dytrim.data.errors import DataError
 from dytrim.data.sources import load_data
 
+# the synthetic Small-ImageNet-127 files have no MANIFEST.md entry by design: their warning is expected here
+pytestmark = [pytest.mark.filterwarnings(r"ignore:data file\(s\) without a MANIFEST\.md entry:UserWarning")]
+
 COUNTS = [25, 3, 45, 15, 35]  # images per original (1-based) label 1..5
 
 

@@ -16,6 +16,9 @@ from dytrim.cli import main
 from dytrim.data.images import list_images, load_image
 from dytrim.export import load_exported
 
+# torch 2.x deprecates torch.jit (TorchScript); the tests that export or load TorchScript on purpose expect it
+JIT_DEPRECATED = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is (deprecated|not supported)")
+
 pytestmark = pytest.mark.slow  # trains or runs the CLI end to end (see pyproject.toml)
 
 CLASSES = ["ant", "moth", "zebra"]
@@ -98,6 +101,7 @@ def test_predict_writes_names_probabilities_and_debiased_columns(trained, tmp_pa
     assert "does not exist" in capsys.readouterr().err
 
 
+@JIT_DEPRECATED
 @pytest.mark.parametrize("fmt", ["state_dict", "torchscript"])
 def test_export_predicts_like_predict(trained, tmp_path, fmt, capsys) -> None:
     root, run = trained
@@ -119,6 +123,7 @@ def test_export_predicts_like_predict(trained, tmp_path, fmt, capsys) -> None:
         assert probs.amax(-1).tolist() == pytest.approx([float(r[prob_col]) for r in rows], abs=2e-6)
 
 
+@JIT_DEPRECATED
 def test_onnx_export_needs_its_optional_packages_or_round_trips(trained, tmp_path, capsys) -> None:
     _, run = trained
     have = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))

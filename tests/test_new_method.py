@@ -23,6 +23,10 @@ from dytrim.engine.hooks import Batch, Component
 from dytrim.ssl.base import ALGORITHMS
 from dytrim.ssl.fixmatch import FixMatch
 
+# these tiny runs use DyTrim's reference labeled rule (prune.min_keep=0) on a split with 1-image classes, so its
+# start-up warning is expected (test_pruning.py checks the warning itself with pytest.warns)
+pytestmark = [pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")]
+
 
 # ----------------------------------------------------------------------------- the whole new debiaser
 @dataclass

@@ -11,7 +11,10 @@ import pytest
 
 from dytrim.cli import main
 
-pytestmark = pytest.mark.slow  # trains or runs the CLI end to end (see pyproject.toml)
+# these tiny runs use DyTrim's reference labeled rule (prune.min_keep=0) on a split with 1-image classes, so its
+# start-up warning is expected (test_pruning.py checks the warning itself with pytest.warns)
+pytestmark = [pytest.mark.slow,  # trains or runs the CLI end to end (see pyproject.toml)
+              pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

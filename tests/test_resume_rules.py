@@ -83,6 +83,7 @@ def test_allowed_key_is_validated_like_a_fresh_config(trained, tmp_path, capsys)
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings(r"ignore:data file\(s\) without a MANIFEST\.md entry:UserWarning")  # the crafted file
 def test_other_data_under_data_root_is_refused(trained, tmp_path, capsys) -> None:
     """data.root may move, but the files must be the ones the run started on (sha256 in run.json)."""
     from dytrim.data.mnist import read_mnist10k

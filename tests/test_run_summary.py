@@ -27,8 +27,10 @@ def test_short_run_mean_counts_every_evaluation_and_says_so() -> None:
 def test_end_of_run_table_in_percent_with_debiased_rows() -> None:
     s = summarize(_rows(8, True), 61.7, 800)
     text = format_summary(s, "runs/x")
-    assert "bACC                       80.0   80.0                  45.0" in text
-    assert "bACC, debiased             85.0   85.0                  50.0" in text
+    assert "bACC                             80.0   80.0                  45.0" in text
+    assert "bACC, debiased                   85.0   85.0                  50.0" in text
     assert "mean of last 8 evals" in text and "many / medium / few: 90.0 / 50.0 / 70.0 (last evaluation)" in text
-    assert text.splitlines()[-1] == "800 steps in 62 s; everything is in runs/x (summary.json keeps full precision)"
+    final = text.split("\n\n")[1].splitlines()  # the headline: the final model, raw and debiased
+    assert final[0].split()[-2:] == ["raw", "debiased"] and final[2].split() == ["bACC", "80.0", "85.0"]
+    assert text.splitlines()[-1] == "800 steps in 62 s; everything is in runs/x (summary.json: fractions to 6 decimals)"
     assert "0.6739999" not in text and "{" not in text

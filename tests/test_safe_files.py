@@ -16,6 +16,9 @@ import torch
 from dytrim.cli import main
 from dytrim.engine.checkpoint import FORMAT_VERSION, CheckpointError, checkpoint_paths, load_latest, save_checkpoint
 
+# torch 2.x deprecates torch.jit (TorchScript); the tests that export or load TorchScript on purpose expect it
+JIT_DEPRECATED = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is (deprecated|not supported)")
+
 TINY = ["--preset", "mnist-lt-fixmatch", "--set", "debias.methods=cdmad", "--set", "train.steps=4",
         "--set", "train.eval_every=2", "--set", "train.progress=false", "--set", "train.threads=1"]
 
@@ -99,6 +102,7 @@ def test_payload_checkpoint_never_runs(trained, tmp_path, capsys, command, plain
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings(r"ignore:checkpoint ckpt_00000999\.pt is refused:UserWarning")  # the crafted payload
 @pytest.mark.parametrize("command", ["train --resume", "eval", "predict", "export"])
 def test_only_a_payload_checkpoint_is_an_error_not_a_fresh_start(trained, tmp_path, capsys, command) -> None:
     run = _copy(trained, tmp_path / "run")
@@ -116,6 +120,7 @@ def test_only_a_payload_checkpoint_is_an_error_not_a_fresh_start(trained, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")  # DyTrim's reference rule, on purpose
 def test_checkpoints_load_weights_only_with_every_state(tmp_path) -> None:
     """A run with the most state (FlexMatch, DyTrim's scores and samplers, resample's generator) writes
     checkpoints that torch.load(weights_only=True) reads, stamped with the format version."""
@@ -145,6 +150,7 @@ def test_pretrained_weights_with_payload_are_refused(trained, tmp_path, capsys) 
 
 
 @pytest.mark.slow
+@JIT_DEPRECATED
 def test_exports_load_as_data(trained, tmp_path) -> None:
     from dytrim.config import ConfigError
     from dytrim.export import load_exported

@@ -13,6 +13,9 @@ from dytrim.data.errors import DataError
 from dytrim.data.sources import load_data
 from dytrim.data.stl10 import SIDE, read_stl_images, resize_stl
 
+# the synthetic STL-10 files have no MANIFEST.md entry by design: their warning is expected here
+pytestmark = [pytest.mark.filterwarnings(r"ignore:data file\(s\) without a MANIFEST\.md entry:UserWarning")]
+
 
 def _write_stl(root: Path, per_class: int = 8, n_test: int = 20, n_unl: int = 30, seed: int = 0) -> dict:
     """Images stored as the STL-10 archive does: per image, 3 channels of 96x96 in column-major order."""
@@ -83,6 +86,7 @@ def test_errors_name_file_and_fix(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")  # DyTrim's reference rule, on purpose
 def test_stl10_preset_resolves_and_trains_on_synthetic_files(tmp_path) -> None:
     cfg = load_config("paper-stl10lt-dytrim")
     assert (cfg.data.name, cfg.data.n1, cfg.data.imb_ratio_l, cfg.data.image_size) == ("stl10", 450, 10, 32)

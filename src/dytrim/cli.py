@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from dytrim import runlock
+from dytrim import __version__, runlock
 from dytrim.config import (
     ConfigError,
     RunConfig,
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also: DYTRIM_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"dytrim {__version__}",
+                        help="print the version of the running dytrim and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (or continue one with --resume DIR)",
@@ -158,6 +160,8 @@ def _train_locked(args: argparse.Namespace, out: Path, cfg: RunConfig | None) ->
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.keys:
         for k in key_help():
+            if k["heading"]:  # a group of keys: its heading on a line of its own, never glued onto a key's help
+                print(f"# {k['key'].rpartition('.')[0] or 'top level'}: {k['heading']}")
             allowed = f"; one of {k['allowed']}" if k["allowed"] else ""
             print(f"{k['key']} ({k['type']}, default {k['default']}{allowed})\n    {k['meaning']}")
         return 0
@@ -195,7 +199,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
             "reverse_u": cfg.data.reverse_u,
         },
     }
-    print(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1, ensure_ascii=False))
     return 0
 
 

@@ -36,8 +36,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the EMA model with its class names and preprocessing constants")
     _run_args(p)
     p.add_argument("--format", required=True, choices=["state_dict", "torchscript", "onnx"],
-                   help="state_dict: weights + metadata, read as data; torchscript: a program for deployment; "
-                   "onnx: needs the onnx extra")
+                   help="state_dict: weights + metadata, read as data (the one to prefer from Python); torchscript: a "
+                   "program for deployment, written by torch.jit, which recent torch 2.x releases deprecate in favour "
+                   "of torch.export (still works with torch 2.13; prefer onnx for other runtimes); onnx: needs the "
+                   "onnx extra")
     p.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/export/model.<format suffix>)")
 
 
@@ -133,6 +135,10 @@ def _export(args: argparse.Namespace, trained: TrainedRun) -> int:
     if args.out:
         _check_output_file(Path(args.out), "--out")
     path = export_run(trained, args.format, Path(args.out) if args.out else None)
+    if args.format == "torchscript":  # torch's DeprecationWarning is hidden outside __main__: say it once, here
+        print("dytrim: note: TorchScript (torch.jit) is deprecated in recent torch 2.x releases and may go in a later "
+              "one; for Python prefer --format state_dict (dytrim.export.load_exported), for other runtimes --format "
+              "onnx", file=sys.stderr)
     print(compact_json({"exported": str(path), "metadata": str(sidecar(path)), "format": args.format,
                         "classes": trained.card.classes, "step": trained.step}))
     return 0

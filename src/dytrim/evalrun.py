@@ -14,6 +14,7 @@ from dytrim.data.errors import DataError
 from dytrim.data.folder import read_class_tree
 from dytrim.inference import TrainedRun, to_nchw
 from dytrim.metrics import classification_metrics, confusion_matrix
+from dytrim.units import percent
 
 
 def load_test_set(run: TrainedRun, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -73,14 +74,14 @@ def format_table(result: dict[str, Any]) -> str:
     head = f"{'class':<{width}}  {'labeled':>7}  {'test':>6}  {'recall':>7}" + ("  debiased" if deb else "")
     lines = [head, "-" * len(head)]
     for r in rows:
-        line = f"{r['class']:<{width}}  {r['labeled']:>7}  {r['test']:>6}  {100 * r['recall']:>6.1f}%"
-        lines.append(line + (f"  {100 * r['recall_debiased']:>7.1f}%" if deb else ""))
+        line = f"{r['class']:<{width}}  {r['labeled']:>7}  {r['test']:>6}  {percent(r['recall']):>6}%"
+        lines.append(line + (f"  {percent(r['recall_debiased']):>7}%" if deb else ""))
     lines.append("-" * len(head))
     for suffix, label in (("", "raw"), ("_debiased", "debiased")):
         if f"acc{suffix}" in result:
-            pct = {m: 100 * result[f"{m}{suffix}"] for m in ("acc", "bacc", "gm", "many", "medium", "few")}
-            lines.append(f"{label:>8}: acc {pct['acc']:.1f}%  bACC {pct['bacc']:.1f}%  GM {pct['gm']:.1f}%  "
-                         f"many/medium/few {pct['many']:.1f}/{pct['medium']:.1f}/{pct['few']:.1f}%")
+            pct = {m: percent(result[f"{m}{suffix}"]) for m in ("acc", "bacc", "gm", "many", "medium", "few")}
+            lines.append(f"{label:>8}: acc {pct['acc']}%  bACC {pct['bacc']}%  GM {pct['gm']}%  "
+                         f"many/medium/few {pct['many']}/{pct['medium']}/{pct['few']}%")
     return "\n".join(lines)
 
 
@@ -109,7 +110,7 @@ def plot_confusion(result: dict[str, Any], path: Path, title: str) -> None:
             rows = [f"{n} ({c})" for n, c in zip(names, result["labeled_per_class"], strict=True)]
             ax.set_yticks(range(k), rows, fontsize=7)
         suffix = key.removeprefix("confusion")
-        ax.set_title(f"{'debiased' if suffix else 'raw'}: bACC {100 * result['bacc' + suffix]:.1f}%")
+        ax.set_title(f"{'debiased' if suffix else 'raw'}: bACC {percent(result['bacc' + suffix])}%")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true class (labeled count)")
     fig.suptitle(title, fontsize=9)

@@ -114,7 +114,7 @@ def export_run(run: TrainedRun, fmt: str, out: Path | None = None) -> Path:
             torch.jit.save(traced, str(path), _extra_files={"dytrim.json": json.dumps(meta)})
         else:
             _export_onnx(module, example, path, meta)
-    sidecar(path).write_text(compact_json(meta) + "\n")
+    sidecar(path).write_text(compact_json(meta) + "\n", encoding="utf-8")
     return path
 
 

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from dytrim.units import round_half_up
+
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> np.ndarray:
     """Counts [true, predicted] as int64."""
@@ -37,16 +39,17 @@ def shot_groups(train_counts: list[int]) -> dict[str, list[int]]:
 def classification_metrics(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, train_counts: list[int] | None = None, suffix: str = ""
 ) -> dict[str, object]:
-    """acc, bacc (mean recall), gm, per_class_recall and (with train_counts) many/medium/few bACC."""
+    """acc, bacc (mean recall), gm, per_class_recall and (with train_counts) many/medium/few bACC, each rounded
+    half up to `units.DECIMALS` decimals: the one stored value every print and summary starts from."""
     cm = confusion_matrix(pred, target, num_classes)
     recall = per_class_recall(cm)
     out: dict[str, object] = {
-        f"acc{suffix}": float(np.trace(cm) / max(cm.sum(), 1)),
-        f"bacc{suffix}": float(recall.mean()),
-        f"gm{suffix}": geometric_mean(recall),
-        f"per_class_recall{suffix}": [round(float(r), 6) for r in recall],
+        f"acc{suffix}": round_half_up(float(np.trace(cm) / max(cm.sum(), 1))),
+        f"bacc{suffix}": round_half_up(float(recall.mean())),
+        f"gm{suffix}": round_half_up(geometric_mean(recall)),
+        f"per_class_recall{suffix}": [round_half_up(float(r)) for r in recall],
     }
     if train_counts is not None:
         for name, classes in shot_groups(train_counts).items():
-            out[f"{name}{suffix}"] = float(recall[classes].mean()) if classes else float("nan")
+            out[f"{name}{suffix}"] = round_half_up(float(recall[classes].mean())) if classes else float("nan")
     return out

@@ -89,29 +89,42 @@ def get_key(cfg: Any, key: str) -> Any:
     return cfg
 
 
-def _field_comments(cls: type) -> dict[str, str]:
-    """The comment beside each field in the class's source, continuation lines included."""
+def _field_comments(cls: type) -> tuple[dict[str, str], dict[str, str]]:
+    """The comment beside each field in the class's source, continuation lines included, and the section
+    headings: {field: heading} for the first field below a standalone comment line.
+
+    A continuation is a comment line written with a hanging indent (`#   more`) right below the field or another
+    continuation. A comment line with one space (`# heading`) is a heading of the fields below it, never a
+    continuation of the previous key's help; a blank line or any other line also ends that help."""
     comments: dict[str, str] = {}
-    last = None
+    headings: dict[str, str] = {}
+    last, heading = None, ""
     for line in inspect.getsource(cls).splitlines():
         if m := re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s?(.*))?$", line):
             last = m.group(1)
             comments[last] = (m.group(2) or "").strip()
-        elif last and (m := re.match(r"\s+#\s+(.*)$", line)):
+            if heading:
+                headings[last], heading = heading, ""
+        elif last and (m := re.match(r"\s+#\s{2,}(\S.*)$", line)):
             comments[last] += " " + m.group(1).strip()
-    return comments
+        else:
+            last = None
+            if m := re.match(r"\s+#\s?(\S.*)$", line):
+                heading = f"{heading} {m.group(1).strip()}".strip()
+    return comments, headings
 
 
 def key_help() -> list[dict[str, str]]:
     """Every key with its type, default, allowed values (CHOICES, as validation uses them) and meaning (the
-    comment beside its field, continuation lines included): what `dytrim presets --keys` prints."""
+    comment beside its field, continuation lines included) and the heading of a group of keys that starts there
+    (a standalone comment above the field; "" for most): what `dytrim presets --keys` prints."""
     default = RunConfig()
     choices = dict(CHOICES)
     out = []
     for section, node in [(None, default), *_children(default).items()]:
         if not dataclasses.is_dataclass(node):
             continue
-        comments = _field_comments(type(node))
+        comments, headings = _field_comments(type(node))
         hints = typing.get_type_hints(type(node))
         for name, value in _children(node).items():
             if dataclasses.is_dataclass(value) or name not in hints:
@@ -119,7 +132,8 @@ def key_help() -> list[dict[str, str]]:
             key = name if section is None else f"{section}.{name}"
             kind = getattr(hints[name], "__name__", str(hints[name]).replace("typing.", ""))
             out.append({"key": key, "type": kind, "default": repr(value),
-                        "allowed": " | ".join(choices.get(key, ())), "meaning": comments.get(name, "")})
+                        "allowed": " | ".join(choices.get(key, ())), "meaning": comments.get(name, ""),
+                        "heading": headings.get(name, "")})
     return out
 
 

@@ -50,6 +50,9 @@ def add_parser(sub: Any) -> None:
                    "mode), mlp, or a zoo model (eval-mode BN makes its Δlog π(I) unreliable, see invariance)")
     q.add_argument("--batches", type=int, default=3, help="batches averaged per method")
     q.add_argument("--warmup", type=int, default=300, help=WARMUP_HELP)
+    q.add_argument("--min-keep", type=int, default=0, metavar="N",
+                   help="DyTrim's prune.min_keep: labeled images kept per class at least (default 0, the reference "
+                   "rule, which can prune a 1-image class away; 1 as the mnist-*/cpu-* presets)")
     q = cmd("invariance", "Prop. 3: logits of k·1 images across k, per architecture and BN mode (table PNG)")
     q.add_argument("--run", action="append", default=[], metavar="DIR",
                    help="also check the trained EMA model of this run directory (repeatable)")
@@ -74,8 +77,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _finish(out: Path, summary: dict[str, Any]) -> int:
-    text = json.dumps(_jsonable(summary), indent=1)
-    out.with_name(out.name + ".json").write_text(text + "\n")
+    text = json.dumps(_jsonable(summary), indent=1, ensure_ascii=False)  # Δlog π, not \u0394log \u03c0
+    out.with_name(out.name + ".json").write_text(text + "\n", encoding="utf-8")
     print(text)
     print(f"wrote {out}")
     return 0
@@ -83,6 +86,7 @@ def _finish(out: Path, summary: dict[str, Any]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one `dytrim dynamics` sub-command."""
+    from dytrim.config import ConfigError
     from dytrim.dynamics import plots, recipes
     from dytrim.report.runs import class_names  # a run's own class names (data.json first)
 
@@ -102,11 +106,13 @@ def run(args: argparse.Namespace) -> int:
                          f"pseudo-label acc {r['summary']['pseudo_label_accuracy']:.0%}")
         return _finish(out, r["summary"])
     if name == "unified":
-        r = recipes.unified_recipe(args.model, args.warmup, args.batches, seed=args.seed)
+        if args.min_keep < 0:
+            raise ConfigError(f"--min-keep: must be >= 0; got {args.min_keep}")
+        r = recipes.unified_recipe(args.model, args.warmup, args.batches, seed=args.seed, min_keep=args.min_keep)
         plots.plot_unified(r["mean"], r["classes"], r["counts"], out, r["notes"],
                            f"model {args.model}, {args.warmup} supervised warm-up steps, mean of {args.batches} "
                            "batches (32 labeled + 64 unlabeled); LA and re-weighting on the labeled loss only "
-                           "(library defaults); debiasing from step 0")
+                           f"(library defaults); debiasing from step 0; DyTrim prune.min_keep={args.min_keep}")
         return _finish(out, r["summary"])
     if name == "invariance":
         r = recipes.invariance_recipe(args.run, seed=args.seed)

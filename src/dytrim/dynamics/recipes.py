@@ -115,9 +115,11 @@ def split_recipe(batches: int = 8, warmup: int = 300, per_class: int = 10, seed:
 
 
 def unified_recipe(model_name: str = "mlp_ln", warmup: int = 300, batches: int = 3, per_class: int = 10,
-                   seed: int = 0, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
-    """Each method's per-class gradient budget and predicted Δlog π, averaged over `batches` batches."""
+                   seed: int = 0, methods: tuple[str, ...] = METHODS, min_keep: int = 0) -> dict[str, Any]:
+    """Each method's per-class gradient budget and predicted Δlog π, averaged over `batches` batches; `min_keep`:
+    DyTrim's prune.min_keep (0 = the reference rule, which may prune a 1-image class away)."""
     data, cfg = load_mnist_lt(100.0, seed)
+    cfg.prune.min_keep = min_keep
     model = _model(model_name, data, seed)
     warm_up(model, BatchMaker(data, cfg, seed), warmup)
     x_o, y_o = observation_digits(data, per_class, seed)
@@ -139,7 +141,7 @@ def unified_recipe(model_name: str = "mlp_ln", warmup: int = 300, batches: int =
                    "mean_dlogp_true_tail_classes_7_9": round(float(d["dlogp_true"][7:].mean()), 4),
                    "labeled_batch_class_counts": [round(float(x), 2) for x in d["lb_counts"]],
                    "mean_unlabeled_weight": round(float(d["w_ulb_mean"][0]), 4)} for m, d in mean.items()}
-    summary["_setup"] = {"model": model_name, "warmup_steps": warmup, "batches_averaged": batches,
+    summary["_setup"] = {"model": model_name, "warmup_steps": warmup, "batches_averaged": batches, "min_keep": min_keep,
                          "labeled_counts": data.split.lb_counts, "notes": {k: v for k, v in notes.items() if v}}
     return {"mean": mean, "summary": summary, "classes": data.classes, "counts": data.split.lb_counts,
             "notes": notes}
@@ -168,7 +170,8 @@ def prior_recipe(runs: list[str]) -> dict[str, Any]:
     curves: list[PriorCurve] = [read_prior_curve(r) for r in runs]
     summary = {}
     for c in curves:
-        entry: dict[str, Any] = {"source": c.source, "steps": [c.steps[0], c.steps[-1]], "evaluations": len(c.steps),
+        entry: dict[str, Any] = {"source": c.source, "first_step": c.steps[0], "last_step": c.steps[-1],
+                                 "evaluations": len(c.steps),
                                  "labeled_prior": [round(float(v), 4) for v in c.lb_prior]}
         for mode in ("train", "eval"):
             k = c.kl(mode)

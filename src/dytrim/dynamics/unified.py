@@ -13,6 +13,7 @@ and its samplers are advanced past their first (unpruned) pass, so its labeled a
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,16 @@ def method_config(base: RunConfig, method: str) -> RunConfig:
     return cfg
 
 
+def for_this_command(message: str) -> str:
+    """A component's start-up warning as `dytrim dynamics unified` shows it: DyTrim's advice on the labeled
+    pruning rule names `prune.min_keep`, a `dytrim train --set` key; here the same key is `--min-keep N`."""
+    head, sep, _ = message.partition(" Set prune.min_keep=1")
+    if not sep:
+        return message
+    return (f"{head} The analysis uses the reference rule unless told otherwise: `dytrim dynamics unified "
+            "--min-keep 1` keeps at least one labeled image per class (in training: --set prune.min_keep=1).")
+
+
 def view_method(
     method: str, model: nn.Module, data: LTData, base: RunConfig, x_o: torch.Tensor, y_o: torch.Tensor,
     n_lb: int = 32, n_ulb: int = 64, seed: int = 0,
@@ -119,7 +130,11 @@ def view_method(
     """Run one method's step on one batch (same default batch for every method given the same seed)."""
     cfg = method_config(base, method)
     ctx = analysis_context(model, data, cfg)
-    comps = create_components(cfg, ctx)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        comps = create_components(cfg, ctx)
+    for w in caught:  # a start-up warning is re-issued with the advice this command can follow
+        warnings.warn(for_this_command(str(w.message)), w.category, stacklevel=2)  # once per text (cdmad+dytrim too)
     step_fn = StepFunction(create_ssl(cfg.ssl, data.num_classes, len(data.ulb_idx)), comps, data.num_classes,
                            cfg.ssl.lambda_u, ce_eps=cfg.ssl.ce_eps)
     maker = BatchMaker(data, cfg, seed)

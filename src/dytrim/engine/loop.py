@@ -35,6 +35,7 @@ from dytrim.engine.step import PseudoLabeler, StepFunction, make_views
 from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.engine.tensorboard import TensorBoardLog
 from dytrim.resume import check_checkpoint, check_run_data, read_run_json
+from dytrim.units import percent
 
 
 class TrainingDiverged(RuntimeError):
@@ -311,8 +312,8 @@ class Trainer:
                         metrics_log.append_row(metrics_path, row)
                     if tb is not None:
                         tb.write(row)
-                    debiased = {"bacc_deb": f"{100 * row['bacc_debiased']:.1f}"} if "bacc_debiased" in row else {}
-                    bar.set_postfix(bacc=f"{100 * row['bacc']:.1f}", **debiased, gm=f"{100 * row['gm']:.1f}",
+                    debiased = {"bacc_deb": percent(row["bacc_debiased"])} if "bacc_debiased" in row else {}
+                    bar.set_postfix(bacc=percent(row["bacc"]), **debiased, gm=percent(row["gm"]),
                                     loss=f"{row['loss']:.3f}")
                 if checkpointing:
                     self.wall_s = time.perf_counter() - start_wall
@@ -333,7 +334,8 @@ class Trainer:
         summary = runlog.write_summary(out, rows, self.wall_s, self.train_s, self.step, full_test, {
             "images_per_s": round(p.samples_seen / max(self.train_s, 1e-9), 2), "updates": p.updates,
             "samples_fwd": p.samples_fwd, "samples_bwd": p.samples_bwd})
-        runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts)
+        runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts,
+                           subset=full_test is not None)
         for c in self.components:
             c.on_finish(out, rows)
         self.dist.barrier()

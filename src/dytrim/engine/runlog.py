@@ -11,6 +11,7 @@ from typing import Any
 
 from dytrim.engine.metrics_log import append_row, read_rows, write_rows
 from dytrim.fileio import atomic_write_bytes, atomic_write_text
+from dytrim.units import DECIMALS, duration, percent, rounded
 
 __all__ = ["append_row", "read_rows", "write_rows"]  # metrics.jsonl I/O lives in engine/metrics_log.py
 
@@ -19,7 +20,8 @@ SUMMARY_METRICS = ("acc", "bacc", "gm", "many", "medium", "few")
 
 def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str, Any]:
     """For every metric present: last, best, and the mean and median of the last min(20, n) evaluations, with that
-    count as `n_last` (a short run averages all of its evaluations, early ones included: the count says so)."""
+    count as `n_last` (a short run averages all of its evaluations, early ones included: the count says so); the
+    test images of the last evaluation as `eval_n`. Fractions rounded as `units.rounded` (6 decimals, half up)."""
     out: dict[str, Any] = {}
     keys = [k for k in rows[-1] if k.split("_debiased")[0] in SUMMARY_METRICS] if rows else []
     for key in keys:
@@ -28,16 +30,17 @@ def summarize(rows: list[dict[str, Any]], wall_s: float, steps: int) -> dict[str
             continue
         tail = sorted(vals[-20:])
         mid = len(tail) // 2
-        out[key] = {
+        out[key] = rounded({
             "last": vals[-1],
             "best": max(vals),
             "mean_last20": sum(tail) / len(tail),
             "median_last20": tail[mid] if len(tail) % 2 else (tail[mid - 1] + tail[mid]) / 2,
-            "n_last": len(tail),
-        }
+        }) | {"n_last": len(tail)}
     out["steps"] = steps
     out["wall_s"] = round(wall_s, 2)
     out["evaluations"] = len(rows)
+    if rows and "eval_n" in rows[-1]:
+        out["eval_n"] = rows[-1]["eval_n"]
     return out
 
 
@@ -63,16 +66,20 @@ def prepare_run_dir(out: Path, config_yaml: str, meta: dict[str, Any] | None, re
 def write_summary(out: Path, rows: list[dict[str, Any]], wall_s: float, train_s: float, steps: int,
                   full_test: dict[str, Any] | None, counters: dict[str, Any]) -> dict[str, Any]:
     """summary.json of a finished run (see `summarize`), with the training time, the work counters and the final
-    evaluation on the whole test set when the intermediate ones used a subset; returns it."""
+    evaluation on the whole test set when the intermediate ones used a subset; returns it, every float rounded by
+    `units.rounded` (what is printed is what is stored)."""
     summary = summarize(rows, wall_s, steps)
     summary["train_s"] = round(train_s, 2)
     summary |= counters
     if full_test is not None:
         summary["full_test"] = full_test
     summary["notes"] = (
-        "metrics of the EMA model on the test set; last = final evaluation, best = max over evaluations, "
-        "mean/median_last20 = over the last min(20, n) evaluations, n_last of them"
+        f"metrics of the EMA model on the test {'subset (eval_n images)' if full_test is not None else 'set'}; "
+        "last = final evaluation, best = max over evaluations, mean/median_last20 = over the last min(20, n) "
+        "evaluations, n_last of them" + ("; full_test = the final model on the whole test set" if full_test else "")
+        + f"; fractions rounded half up to {DECIMALS} decimals"
     )
+    summary = rounded(summary)
     atomic_write_text(out / "summary.json", to_json(summary))
     return summary
 
@@ -108,68 +115,103 @@ def run_metadata(seed: int) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any], out: Path | str) -> str:
-    """The end-of-run table a person reads: percentages with one decimal, last / best / mean of the last n
-    evaluations, raw and debiased where a component debiases predictions, the thirds, time and the run folder."""
-    def pct(v: float) -> str:
-        return f"{100 * v:5.1f}"
-
+    """The end-of-run table a person reads, in percent (`units.percent` of the stored values): last / best / mean
+    of the last n evaluations (on the test subset where the run had one), raw and debiased where a component
+    debiases predictions, the thirds; then the headline: the final model's bACC and GM on the full test set, raw
+    and debiased; time and the run folder."""
+    full = summary.get("full_test")
     n = next((summary[k]["n_last"] for k in ("bacc", "acc") if k in summary), 0)
     mean = f"mean of last {n} eval{'s' if n != 1 else ''}"  # min(20, evaluations): the count is in the label
-    head = f"{'EMA model, test set (%)':<24} {'last':>6} {'best':>6} {mean:>21}"
+    eval_n = summary.get("eval_n")
+    where = ("test subset" if full else "test set") + (f" of {eval_n} images" if eval_n else "")
+    title = f"EMA model, {where} (%)"
+    width = max(30, len(title))
+    head = f"{title:<{width}} {'last':>6} {'best':>6} {mean:>21}"
     lines = [head, "-" * len(head)]
     for key, label in (("acc", "accuracy"), ("bacc", "bACC"), ("gm", "GM"), ("acc_debiased", "accuracy, debiased"),
                        ("bacc_debiased", "bACC, debiased"), ("gm_debiased", "GM, debiased")):
         if key in summary:
             s = summary[key]
-            lines.append(f"{label:<24} {pct(s['last']):>6} {pct(s['best']):>6} {pct(s['mean_last20']):>21}")
+            lines.append(f"{label:<{width}} {percent(s['last']):>6} {percent(s['best']):>6} "
+                         f"{percent(s['mean_last20']):>21}")
     for suffix, label in (("", "many / medium / few"), ("_debiased", "many / medium / few, debiased")):
         if all(f"{g}{suffix}" in summary for g in ("many", "medium", "few")):
-            groups = " / ".join(pct(summary[f"{g}{suffix}"]["last"]).strip() for g in ("many", "medium", "few"))
+            groups = " / ".join(percent(summary[f"{g}{suffix}"]["last"]) for g in ("many", "medium", "few"))
             lines.append(f"{label}: {groups} (last evaluation)")
-    full = summary.get("full_test")
-    if full:
-        lines.append(f"full test set ({full.get('eval_n', '?')} images), final: bACC {pct(full['bacc']).strip()}, "
-                     f"GM {pct(full['gm']).strip()}")
-    lines.append(f"{summary['steps']} steps in {summary['wall_s']:.0f} s; everything is in {out} "
-                 "(summary.json keeps full precision)")
+    lines += ["", *final_table(summary)]
+    lines.append(f"{summary['steps']} steps in {duration(summary['wall_s'])}; everything is in {out} "
+                 f"(summary.json: fractions to {DECIMALS} decimals)")
     return "\n".join(lines)
 
 
+def final_table(summary: dict[str, Any]) -> list[str]:
+    """The final model on the full test set, bACC and GM, raw and (where the run debiases) debiased: the run's
+    headline. From `full_test` when evaluations used a subset, else from the last evaluation (the full set)."""
+    full = summary.get("full_test")
+    final = full or {k: summary[k]["last"] for k in ("bacc", "gm", "bacc_debiased", "gm_debiased") if k in summary}
+    if "bacc" not in final:
+        return []
+    eval_n = (full or summary).get("eval_n")
+    title = "final EMA model, full test set" + (f" of {eval_n} images" if eval_n else "") + " (%)"
+    debiased = "bacc_debiased" in final
+    width = max(30, len(title))
+    head = f"{title:<{width}} {'raw':>6}" + (f" {'debiased':>9}" if debiased else "")
+    lines = [head, "-" * len(head)]
+    for key, label in (("bacc", "bACC"), ("gm", "GM")):
+        deb = f" {percent(final.get(key + '_debiased')):>9}" if debiased else ""
+        lines.append(f"{label:<{width}} {percent(final.get(key)):>6}{deb}")
+    return lines
+
+
 def plot_curves(
-    rows: list[dict[str, Any]], path: Path, title: str, classes: list[str], lb_counts: list[int]
+    rows: list[dict[str, Any]], path: Path, title: str, classes: list[str], lb_counts: list[int],
+    subset: bool = False,
 ) -> None:
     """bACC and GM (raw and, where present, debiased) against steps, plus the last per-class recall
-    with each class's name and labeled count under its bar."""
+    with each class's full name and labeled count under its bar; `subset`: the evaluations used the test subset."""
     if not rows:
         return
+    fig = curves_figure(rows, title, classes, lb_counts, subset)
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))  # a full disk names the path
+    finally:
+        plt.close(fig)
+
+
+def curves_figure(rows: list[dict[str, Any]], title: str, classes: list[str], lb_counts: list[int],
+                  subset: bool = False) -> Any:
+    """The matplotlib Figure of `plot_curves` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [3, 2]})
     for key, style in (("bacc", "-"), ("gm", "--"), ("bacc_debiased", "-"), ("gm_debiased", "--")):
         if key in rows[-1]:
             ax.plot(steps, [100 * r[key] for r in rows], style, label=key, marker="." if len(rows) < 40 else None)
+    where = f"test subset of {rows[-1]['eval_n']} images" if subset and "eval_n" in rows[-1] else (
+        "test subset" if subset else "test set")
     ax.set_xlabel("step")
-    ax.set_ylabel("% (EMA model, test set)")
+    ax.set_ylabel(f"% (EMA model, {where})")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
     recall = rows[-1]["per_class_recall"]
     bx.bar(range(len(recall)), [100 * r for r in recall], color="tab:blue")
-    if len(recall) <= 20:
-        bx.set_xticks(range(len(recall)), [f"{c[:6]}\n{n}" for c, n in zip(classes, lb_counts, strict=True)],
-                      fontsize=7)
+    if len(recall) <= 20:  # full names; long ones are slanted so that neighbours do not overlap
+        slant = max(map(len, classes), default=0) > 5
+        labels = [f"{c} ({n})" if slant else f"{c}\n{n}" for c, n in zip(classes, lb_counts, strict=True)]
+        bx.set_xticks(range(len(recall)), labels, fontsize=7, rotation=35 if slant else 0,
+                      ha="right" if slant else "center", rotation_mode="anchor" if slant else "default")
     bx.set_xlabel("class (name / labeled count)")
     bx.set_ylabel("recall %")
     bx.set_ylim(0, 100)
     bx.set_title(f"per-class recall at step {steps[-1]}")
     bx.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    try:
-        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))  # a full disk names the path
-    finally:
-        plt.close(fig)
+    return fig

@@ -40,7 +40,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _class_label(r: RunRecord, c: int, newline: bool = True) -> str:
-    name = r.classes[c][:10]
+    """A class's whole name (never cut), with its labeled count below it or in brackets."""
+    name = r.classes[c]
     if r.lb_counts is None:
         return name
     return f"{name}\n{r.lb_counts[c]}" if newline else f"{name} ({r.lb_counts[c]})"
@@ -66,7 +67,8 @@ def plot_curves(records: list[RunRecord], path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("% on the evaluation set (EMA model)")
+    axes[0].set_ylabel("% (EMA model; test subset where a run has one)")
+    axes[1].set_ylabel("%")
     for ax in axes:
         ax.set_ylim(0, min(100, 10 * math.ceil((top + 2) / 10)))
     styles = [Line2D([], [], color="0.3", ls="-", label="raw"), Line2D([], [], color="0.3", ls="--", label="debiased")]
@@ -103,7 +105,10 @@ def plot_recall(records: list[RunRecord], path: Path) -> Path:
             xs = [i - 0.4 + width * (k + 0.5) for i in range(n_cls)]
             ax.bar(xs, [100 * v for v in recall], width, color=colour, label=label, alpha=0.55 if debiased else 1.0,
                    hatch="///" if debiased else None, edgecolor="white" if not debiased else colour, linewidth=0.5)
-        ax.set_xticks(range(n_cls), [_class_label(ref, c) for c in order], fontsize=8)
+        slant = max(map(len, ref.classes), default=0) > 8  # whole names; long ones slanted, clear of each other
+        ax.set_xticks(range(n_cls), [_class_label(ref, c, newline=not slant) for c in order], fontsize=8,
+                      rotation=30 if slant else 0, ha="right" if slant else "center",
+                      rotation_mode="anchor" if slant else "default")
         ax.set_xlim(-0.6, n_cls - 0.4)
     else:  # many classes: bars would be slivers; one line per run over the class rank
         for label, recall, colour, debiased in bars:
@@ -222,12 +227,14 @@ def plot_pruning(record: RunRecord, path: Path) -> Path | None:
             ax.plot(steps, kept[rank], color=cmap(rank / max(1, n_cls - 1)), lw=1.5,
                     label=_class_label(record, c, newline=False), marker="." if len(rows) < 30 else None)
         ax.set_title("labeled images kept per class (% of N_c); colour: head (dark) → tail (yellow)", fontsize=10)
+        ax.set_ylabel("% of the class's labeled images kept")
         ax.set_ylim(0, 105)
         ax.legend(fontsize=8, title="class (N_c)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:  # many classes: a heat map reads better than a bundle of lines
         mesh = ax.pcolormesh(_step_edges(steps), range(n_cls + 1), kept, vmin=0, vmax=100, cmap="viridis")
         ax.set_ylim(n_cls, 0)
         _class_ticks(ax, record, order)
+        ax.set_ylabel("class (labeled count)")
         ax.set_title("labeled images kept per class (% of N_c), head at the top", fontsize=10)
         fig.colorbar(mesh, ax=ax, fraction=0.04, pad=0.02).set_label("% kept")
     ulb = [r for r in rows if "kept_ulb" in r["pruning"] and r["pruning"].get("ulb_total")]
@@ -240,6 +247,7 @@ def plot_pruning(record: RunRecord, path: Path) -> Path | None:
     else:
         bx.text(0.5, 0.5, "no unlabeled pruning logged", ha="center", va="center", transform=bx.transAxes)
     bx.set_title("unlabeled pool (%)", fontsize=10)
+    bx.set_ylabel("% of the unlabeled pool")
     bx.set_ylim(0, 105)
     for a in (ax, bx):
         a.set_xlabel("training step")

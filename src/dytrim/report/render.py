@@ -24,10 +24,10 @@ class Figure:
 TABLE_LEGEND = (
     f"**final**: the EMA model after the last step, on the full test set where the run made that evaluation "
     f"(else its last evaluation; see *final on*). **last-{LAST_N}**: mean over the last {LAST_N} evaluations "
-    "during training (on the evaluation subset); *(of n)*: a run with fewer, averaged over its n (a column whose "
-    "runs average different numbers of evaluations marks no best). Numbers are %. **deb.**: debiased predictions "
-    "(logits minus the solid-colour image's logits, CDMAD / DyTrim); — where the run has none. Bold: best of the "
-    "column."
+    "during training (on the test subset where the run evaluated on one, data.eval_subset); *(of n)*: a run with "
+    "fewer, averaged over its n (a column whose runs average different numbers of evaluations marks no best). "
+    "Numbers are %. **deb.**: debiased predictions (logits minus the solid-colour image's logits, CDMAD / DyTrim); "
+    "— where the run has none. Bold: best of the column."
 )
 
 
@@ -146,6 +146,6 @@ def write_report(
     figures, figure_notes = _figures(records, out)
     comparison, runs = comparison_table(records), runs_table(records)
     notes = _notes(records) + figure_notes
-    (out / "report.md").write_text(_markdown(title, records, runs, comparison, figures, notes))
-    (out / "report.html").write_text(_html(title, records, runs, comparison, figures, notes))
+    (out / "report.md").write_text(_markdown(title, records, runs, comparison, figures, notes), encoding="utf-8")
+    (out / "report.html").write_text(_html(title, records, runs, comparison, figures, notes), encoding="utf-8")
     return [out / "report.md", out / "report.html", *(out / f.file for f in figures)]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from dytrim.units import duration, duration_unit, percent, round_half_up
+
 from .runs import RunRecord, as_number
 
 METRICS = (("bacc", "bACC"), ("gm", "GM"), ("bacc_debiased", "bACC deb."), ("gm_debiased", "GM deb."))
@@ -41,9 +43,18 @@ class Table:
 
 
 def mean_last(record: RunRecord, key: str, n: int = LAST_N) -> float | None:
-    """Mean of the last n evaluations of a metric (None if the run never logged it)."""
+    """Mean of the last n evaluations of a metric (None if the run never logged it): summary.json's stored value
+    when it averages the same evaluations (so the report prints what the run printed), else computed and rounded
+    by the same rule (`units.round_half_up`)."""
     _, values = record.series(key)
-    return sum(values[-n:]) / len(values[-n:]) if values else None
+    if not values:
+        return None
+    stored = record.summary.get(key)
+    if isinstance(stored, dict) and stored.get("n_last") == min(n, len(values)):
+        mean = as_number(stored.get("mean_last20"))
+        if mean is not None:
+            return mean
+    return round_half_up(sum(values[-n:]) / len(values[-n:]))
 
 
 def count_last(record: RunRecord, key: str, n: int = LAST_N) -> int:
@@ -65,20 +76,6 @@ def wall_seconds(record: RunRecord) -> float | None:
     return as_number(record.summary.get("wall_s", record.rows[-1].get("wall_s")))
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
-
-
 def comparison_table(records: list[RunRecord]) -> Table:
     """One row per run: the final model's metrics, the mean of the last 20 evaluations ("(of n)" when a run has
     fewer; such a column marks no best), wall time, updates."""
@@ -88,17 +85,19 @@ def comparison_table(records: list[RunRecord]) -> Table:
     values: list[list[float | None]] = []
     rows = []
     covered: list[list[int]] = []  # per run: evaluations behind each last-n mean
+    walls = [w for r in records if (w := wall_seconds(r)) is not None]
+    unit = duration_unit(max(walls)) if walls else None  # one unit for the whole column: times compare at a glance
     for r in records:
         final, where = r.final()
         nums = [as_number(final.get(k)) for k, _ in METRICS] + [mean_last(r, k) for k, _ in METRICS]
         values.append(nums)
         covered.append([count_last(r, k) for k, _ in METRICS])
         count, inferred = updates(r)
-        wall = format_duration(wall_seconds(r))
+        wall = duration(wall_seconds(r), unit)
         done = "—" if count is None else f"{count}{'†' if inferred else ''}"
-        means = [_pct(v) + (f" (of {n})" if v is not None and n < LAST_N else "")
+        means = [percent(v) + (f" (of {n})" if v is not None and n < LAST_N else "")
                  for v, n in zip(nums[len(METRICS):], covered[-1], strict=True)]
-        rows.append([r.name, where, *map(_pct, nums[:len(METRICS)]), *means, wall, done])
+        rows.append([r.name, where, *map(percent, nums[:len(METRICS)]), *means, wall, done])
     bold: set[tuple[int, int]] = set()
     for j in range(len(METRICS) * 2):
         column = [v[j] for v in values]
@@ -108,7 +107,7 @@ def comparison_table(records: list[RunRecord]) -> Table:
             continue  # means of different numbers of evaluations: no best to mark
         if len(present) > 1:
             best = max(present)
-            bold |= {(i, j + 2) for i, v in enumerate(column) if v is not None and round(v, 4) == round(best, 4)}
+            bold |= {(i, j + 2) for i, v in enumerate(column) if v is not None and percent(v) == percent(best)}
     return Table(header, rows, bold)
 
 

@@ -220,6 +220,19 @@ def _entries(raw: dict[str, Any], key: str, allowed: tuple[str, ...], lines: _Li
     return out
 
 
+def _origin(message: str, i: int, j: int, row_set: dict[str, str], col_set: dict[str, str],
+            common: dict[str, str]) -> tuple[Any, ...]:
+    """Where in the file the key a config error names was set (the column wins over the row, as when merged)."""
+    for key in sorted(col_set | row_set | common, key=len, reverse=True):
+        if f"'{key}'" in message or f" {key} " in message or f" {key}=" in message:
+            if key in col_set:
+                return ("columns", j, "set", key)
+            if key in row_set:
+                return ("rows", i, "set", key)
+            return ("set", key)
+    return ("rows", i)
+
+
 def load_table(path: str | Path, extra: list[str] | None = None, seeds: list[int] | None = None) -> Table:
     """Read, check and expand a table file. `extra` = `--set KEY=VALUE` texts for every cell (after the table's);
     `seeds` replaces the table's seeds. Every cell's config is resolved (and so checked) here, before any run."""
@@ -267,7 +280,7 @@ def load_table(path: str | Path, extra: list[str] | None = None, seeds: list[int
             try:
                 load_config(preset, [f"{k}={v}" for k, v in merged.items()])
             except ConfigError as exc:
-                raise lines.error(("columns", j) if col_sets[j] else ("rows", i),
+                raise lines.error(_origin(str(exc), i, j, row_set, col_sets[j], common),
                                   f"row '{row['name']}', column '{col}': {exc}") from None
             for seed in (seeds if seeds is not None else table_seeds):
                 cells.append(Cell(str(row["name"]), col, int(seed), preset, tuple(sorted(merged.items()))))

@@ -212,3 +212,39 @@ def test_slurm_job_array_with_fake_slurm(swept, tmp_path) -> None:
     assert task.checkpoint() is None
     status = sweep(str(root / "tiny.yaml"), "--out", str(out), "--status", env=env)
     assert status.stdout.strip().endswith("4 cells: 4 cancelled")
+
+
+def test_submitit_requeue_protocol_resumes_exactly(swept, tmp_path, monkeypatch) -> None:
+    """The Slurm task's protocol, run by submitit's LocalExecutor: the task gets the preemption signal (SIGTERM,
+    SUBMITIT_PREEMPT_SIGNAL=TERM), RunCell.checkpoint lets the trainer checkpoint (exit 143) and returns a fresh
+    RunCell, submitit requeues the task, and the restarted task resumes to the uninterrupted run's result."""
+    submitit = pytest.importorskip("submitit")
+    from dytrim.sweep.slurm import RunCell
+
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "TERM")  # read by submitit in the task process
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root, out = swept
+    table = load_table(root / "one.yaml")
+    cell = table.cells[0]
+    for attempt in range(3):
+        out5 = tmp_path / f"sub{attempt}"
+        state.write_specs(out5, table)
+        d = state.cell_dir(out5, cell)
+        ex = submitit.LocalExecutor(folder=str(tmp_path / f"submitit{attempt}"), max_num_timeout=3)
+        ex.update_parameters(timeout_min=30, signal_delay_s=30)
+        job = ex.submit(RunCell(cell, str(out5), 1, ("train.threads=1",)))
+        controller = job._process
+        if _wait_for_checkpoint(d, controller):
+            children = Path(f"/proc/{controller.pid}/task/{controller.pid}/children").read_text().split()
+            os.kill(int(children[0]), signal.SIGTERM)  # the task (RunCell's process), not the trainer
+        deadline = time.time() + 900
+        while not job.done() and time.time() < deadline:
+            time.sleep(0.5)
+        if [a["rc"] for a in state.attempts(d)][:1] == [143]:
+            break
+    else:
+        pytest.fail("the run finished before the signal three times")
+    assert job.result() == "done"
+    assert [a["rc"] for a in state.attempts(d)] == [143, 0]
+    assert "Requeued job" in job.stderr() or "Requeued job" in (job.stdout() or "")
+    assert metrics(d) == metrics(state.cell_dir(out, cell))

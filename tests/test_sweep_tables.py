@@ -173,3 +173,46 @@ def test_metric_stats(tmp_path) -> None:
     assert run_value(d, Metric("bacc", "mean_last", n=2))[0] == pytest.approx(0.5)
     assert run_value(d, Metric("bacc_debiased", "last", fallback="bacc")) == (0.6, "bacc")
     assert run_value(d, Metric("gm", "last"))[0] is None
+
+
+@pytest.mark.parametrize("name", ["SIGUSR1", "SIGUSR2"])
+def test_scheduler_warning_signals_stop_like_sigterm(name) -> None:
+    import os
+    import signal
+
+    from dytrim.engine.stop import StopRequest, Stopped
+
+    with StopRequest(announce=False) as stop:
+        os.kill(os.getpid(), getattr(signal, name))  # Slurm's --signal / submitit's USR2 reach the trainer
+        assert stop.requested and stop.signum == signal.SIGTERM
+    assert Stopped(5, stop.signum).exit_code == 143  # checkpoint, then exit 143: resumable, as after SIGTERM
+
+
+def test_local_slots_split_threads_and_pin_gpus() -> None:
+    from dytrim.sweep.local import make_slots
+
+    gpu = make_slots(1, ["0", "3"], 2, 4)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in gpu] == ["0", "0", "3", "3"]
+    assert {s.env["OMP_NUM_THREADS"] for s in gpu} == {"4"}
+    cpu = make_slots(2, None, 1, None)
+    assert len(cpu) == 2 and all(s.env["CUDA_VISIBLE_DEVICES"] == "" and s.threads >= 1 for s in cpu)
+
+
+def test_print_launcher_and_status_need_nothing_run(tmp_path, capsys) -> None:
+    path = _write(tmp_path, TABLE)
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", str(path), "--out", str(out), "--status"]) == 2  # no sweep there yet
+    capsys.readouterr()
+    t = load_table(path)
+    first = state.cell_dir(out, t.cells[0])
+    first.mkdir(parents=True)
+    (first / "config.yaml").write_text("seed: 0\n")  # a started run: continued with --resume
+    _run_dir(state.cell_dir(out, t.cells[1]), [0.5])  # a finished one: not printed
+    assert cli.main(["sweep", str(path), "--out", str(out), "--launcher", "print"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("dytrim train")]
+    assert len(lines) == 11 and lines[0] == f"dytrim train --resume {first}"
+    assert all("--out" in x and "--set seed=" in x for x in lines[1:])
+    assert cli.main(["sweep", str(path), "--out", str(out), "--status"]) == 0
+    status = capsys.readouterr().out
+    assert status.strip().endswith("12 cells: 1 done, 11 to do")
+    assert status.splitlines()[1].split()[:5] == ["A", "c1", "0", "to", "do"]

@@ -81,22 +81,23 @@ class RunCell:
     """What every array task runs: the cell's `dytrim train`, to the end or to a requeue (a picklable callable:
     paths only; the resume state lives in the cell directory)."""
 
-    def __init__(self, cell: Cell, out: str, gpus: int = 1) -> None:
-        self.cell, self.out, self.gpus = cell, out, gpus
+    def __init__(self, cell: Cell, out: str, gpus: int = 1, extra: tuple[str, ...] = ()) -> None:
+        self.cell, self.out, self.gpus, self.extra = cell, out, gpus, tuple(extra)  # extra: resumable --set
         self._proc: subprocess.Popen | None = None
+        self._started, self._log_start = 0.0, 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cell": self.cell, "out": self.out, "gpus": self.gpus}
+        return {"cell": self.cell, "out": self.out, "gpus": self.gpus, "extra": self.extra}
 
     def __setstate__(self, s: dict[str, Any]) -> None:
-        self.__init__(s["cell"], s["out"], s["gpus"])
+        self.__init__(s["cell"], s["out"], s["gpus"], s.get("extra", ()))
 
     @property
     def dir(self) -> Path:
         return state.cell_dir(Path(self.out), self.cell)
 
     def command(self) -> list[str]:
-        cmd = state.train_command(self.dir, self.cell, ["train.progress=false"])
+        cmd = state.train_command(self.dir, self.cell, ["train.progress=false", *self.extra])
         if self.gpus > 1:  # one task, torchrun forwards SIGTERM to every rank (which stop at the same step)
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.gpus}",
                    "--shutdown-timeout=120", "-m", *cmd[2:]]
@@ -106,33 +107,41 @@ class RunCell:
         d = self.dir
         if state.classify(d).state == "done":
             return "done"
-        log_start, started = state.start_attempt(d, "slurm"), time.time()
+        self._log_start, self._started = state.start_attempt(d, "slurm"), time.time()
         with open(d / "train.log", "ab") as log:
             log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} slurm job {os.environ.get('SLURM_JOB_ID')}: "
                       f"{shlex.join(self.command()[1:])}\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        while self._proc.poll() is None:  # never Popen.wait(): checkpoint() must be able to reap (notes §1.1)
+            self._proc = proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:  # never Popen.wait(): checkpoint() must be able to reap (notes §1.1)
             time.sleep(0.5)
-        rc = self._proc.returncode
-        state.end_attempt(d, "slurm", rc, started, log_start)
+        rc = proc.returncode
+        self._end(rc)
         if rc in state.EXIT_STOPPED and os.environ.get("SLURM_JOB_ID") and not (d / "CANCELLED").exists():
             time.sleep(300)  # the scheduler stopped the trainer itself: stay alive so that Slurm requeues (§1.2)
         if rc != 0:
             raise RuntimeError(f"{self.cell.name}: dytrim train exited {rc}: {state.last_line(d / 'train.log')}")
         return "done"
 
+    def _end(self, rc: int) -> None:
+        if self._proc is not None:
+            state.end_attempt(self.dir, "slurm", rc, self._started, self._log_start)
+            self._proc = None
+
     def checkpoint(self) -> Any:
         """submitit's hook on the preemption / time-limit signal: let the trainer checkpoint, then requeue."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # it usually got the signal from Slurm already; a second is harmless
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # it usually got the signal from Slurm already; a second is harmless
             deadline = time.time() + 600
             while proc.poll() is None and time.time() < deadline:
                 time.sleep(0.2)
+            if proc.returncode is not None:
+                self._end(proc.returncode)  # __call__ does not return after this hook: record the attempt here
         if (self.dir / "CANCELLED").exists():
             return None  # cancelled: no requeue
-        return _submitit().helpers.DelayedSubmission(RunCell(self.cell, self.out, self.gpus))
+        return _submitit().helpers.DelayedSubmission(RunCell(self.cell, self.out, self.gpus, self.extra))
 
 
 def submit(out: Path, name: str, cells: list[Cell], opts: SlurmOptions) -> list[str]:
@@ -141,7 +150,8 @@ def submit(out: Path, name: str, cells: list[Cell], opts: SlurmOptions) -> list[
     ex = submitit.SlurmExecutor(folder=str(Path(out) / "submitit" / "%j"), max_num_timeout=opts.max_requeues)
     ex.update_parameters(**opts.parameters(name))
     with ex.batch():
-        jobs = [ex.submit(RunCell(c, str(Path(out).resolve()), opts.gpus_per_cell)) for c in cells]
+        extra = (f"train.threads={opts.cpus_per_cell}",) if opts.cpus_per_cell else ()
+        jobs = [ex.submit(RunCell(c, str(Path(out).resolve()), opts.gpus_per_cell, extra)) for c in cells]
     ids = [j.job_id for j in jobs]
     for cell, job_id in zip(cells, ids, strict=True):
         d = state.cell_dir(out, cell)

@@ -180,7 +180,7 @@ def test_scheduler_warning_signals_stop_like_sigterm(name) -> None:
     import os
     import signal
 
-    from dytrim.engine.stop import StopRequest, Stopped
+    from dytrim.engine.stop import Stopped, StopRequest
 
     with StopRequest(announce=False) as stop:
         os.kill(os.getpid(), getattr(signal, name))  # Slurm's --signal / submitit's USR2 reach the trainer

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,10 +60,16 @@ def metrics(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> tuple[Path, Path]:
+def tables(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     (root / "tiny.yaml").write_text(TABLE)
     (root / "one.yaml").write_text(ONE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def swept(tables) -> tuple[Path, Path]:
+    root = tables
     res = sweep(str(root / "tiny.yaml"), "--out", str(root / "out"), "--threads", "1")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return root, root / "out"
@@ -248,3 +255,45 @@ def test_submitit_requeue_protocol_resumes_exactly(swept, tmp_path, monkeypatch)
     assert [a["rc"] for a in state.attempts(d)] == [143, 0]
     assert "Requeued job" in job.stderr() or "Requeued job" in (job.stdout() or "")
     assert metrics(d) == metrics(state.cell_dir(out, cell))
+
+
+def test_cancel_stops_a_running_local_cell_without_requeue(tables, tmp_path, capsys) -> None:
+    from dytrim import cli
+
+    root = tables
+    longer = ["--set", "train.steps=2000"]  # a resumable key: the cell keeps its name
+    cell = load_table(root / "one.yaml", ["train.steps=2000"]).cells[0]
+    out6 = tmp_path / "cancel"
+    proc = subprocess.Popen([sys.executable, "-m", "dytrim", "sweep", str(root / "one.yaml"), "--out", str(out6),
+                             "--threads", "1", *longer], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    d = state.cell_dir(out6, cell)
+    assert _wait_for_checkpoint(d, proc)
+    assert cli.main(["sweep", str(root / "one.yaml"), "--out", str(out6), *longer, "--cancel"]) == 0
+    assert "cancelled 1 cells (1 running here stopped with a checkpoint" in capsys.readouterr().out
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, text[-2000:]
+    assert [a["rc"] for a in state.attempts(d)] == [143] and "requeued" not in text
+    assert state.classify(d).state == "cancelled" and state.newest_step(d) is not None
+
+
+@pytest.mark.skipif(not os.environ.get("DYTRIM_SLURM_PARTITION") or not shutil.which("sinfo"),
+                    reason="needs a real Slurm cluster (set DYTRIM_SLURM_PARTITION); none on this machine, and a "
+                    "one-node install (launcher-notes.md §4.5, tier 3) was not set up here: the job script is "
+                    "checked against fake sbatch/srun and the requeue protocol with submitit's LocalExecutor above")
+def test_real_slurm_one_node(tables, tmp_path) -> None:
+    root = tables
+    out = tmp_path / "slurm"
+    args = [str(root / "tiny.yaml"), "--out", str(out)]
+    res = sweep(*args, "--launcher", "slurm", "--partition", os.environ["DYTRIM_SLURM_PARTITION"],
+                "--gpus-per-cell", "0", "--cpus-per-cell", "1", "--time", "10", "--signal-delay", "60")
+    assert res.returncode == 0, res.stderr
+    deadline = time.time() + 1200
+    while time.time() < deadline:
+        status = sweep(*args, "--status").stdout
+        if status.strip().endswith("4 cells: 4 done"):
+            break
+        time.sleep(10)
+    else:
+        pytest.fail(status)
+    assert sweep(*args, "--collect").returncode == 0

@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "data.root, leave the cells' directories as they are)")
     p.add_argument("--seeds", help="comma-separated seeds instead of the table's")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (default: report them)")
-    p.add_argument("--max-requeues", type=int, default=3, help="local: restarts of a cell stopped by a signal")
+    p.add_argument("--max-requeues", type=int, help="restarts of a cell stopped by a signal or a time limit "
+                   "(default: local 3, slurm 20: submitit's max_num_timeout)")
     g = p.add_argument_group("local launcher")
     g.add_argument("--procs", type=int, default=1, help="CPU processes at once (threads split between them)")
     g.add_argument("--threads", type=int, help="threads per process (default: CPU cores / processes)")
@@ -137,7 +138,7 @@ def _slurm_options(args: argparse.Namespace):
     return SlurmOptions(partition=args.partition, account=args.account, time_min=args.time,
                         gpus_per_cell=args.gpus_per_cell, cpus_per_cell=args.cpus_per_cell, mem=args.mem,
                         array_parallelism=args.array_parallelism, signal_delay_s=args.signal_delay,
-                        setup=tuple(args.setup))
+                        setup=tuple(args.setup), max_requeues=20 if args.max_requeues is None else args.max_requeues)
 
 
 def _run_local(out, table, todo, args: argparse.Namespace) -> int:
@@ -148,7 +149,8 @@ def _run_local(out, table, todo, args: argparse.Namespace) -> int:
     slots = make_slots(max(1, args.procs), gpus, max(1, args.runs_per_gpu), args.threads)
     print(f"dytrim sweep: {len(slots)} slots ({', '.join(s.label for s in slots)}), {slots[0].threads} threads each")
     with runlock.hold(out, "--out"):  # one local sweep per directory at a time
-        result = run_local(out, todo, slots, args.max_requeues, lambda m: print(m, flush=True))
+        requeues = 3 if args.max_requeues is None else args.max_requeues
+        result = run_local(out, todo, slots, requeues, lambda m: print(m, flush=True))
     failed = sorted(n for n, s in result.items() if s == "failed")
     print(f"dytrim sweep: {table.name}: " + ", ".join(f"{list(result.values()).count(s)} {s}"
                                                        for s in dict.fromkeys(result.values())))

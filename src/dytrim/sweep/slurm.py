@@ -147,7 +147,8 @@ class RunCell:
 def submit(out: Path, name: str, cells: list[Cell], opts: SlurmOptions) -> list[str]:
     """One job array of `cells`; returns the job ids (A_i), also written to each cell's launcher.json."""
     submitit = _submitit()
-    ex = submitit.SlurmExecutor(folder=str(Path(out) / "submitit" / "%j"), max_num_timeout=opts.max_requeues)
+    # absolute paths: the job runs on another node, from another working directory (a shared file system)
+    ex = submitit.SlurmExecutor(folder=str(Path(out).resolve() / "submitit" / "%j"), max_num_timeout=opts.max_requeues)
     ex.update_parameters(**opts.parameters(name))
     with ex.batch():
         extra = (f"train.threads={opts.cpus_per_cell}",) if opts.cpus_per_cell else ()

@@ -31,6 +31,8 @@ def test_wheel_carries_presets_embedded_data_and_its_licence(tmp_path) -> None:
     presets = {Path(n).name for n in names if n.startswith("dytrim/configs/") and n.endswith(".yaml")}
     assert {"mnist-lt-fixmatch.yaml", "paper-cifar10lt-g100-dytrim.yaml"} <= presets
     assert len(presets) == len(list((ROOT / "src" / "dytrim" / "configs").glob("*.yaml")))
+    tables = {Path(n).name for n in names if n.startswith("dytrim/tables/") and n.endswith(".yaml")}
+    assert tables == {p.name for p in (ROOT / "src" / "dytrim" / "tables").glob("*.yaml")} and tables  # sweep --list
     # installed from the wheel (not the checkout), run from an unrelated folder: the embedded default trains
     site = tmp_path / "site"
     res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],

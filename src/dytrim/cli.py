@@ -2,7 +2,7 @@
 re-weighting, re-sampling, CDMAD; DyTrim pruning), after "Learning Dynamics of Logits Debiasing for Long-Tailed
 Semi-Supervised Learning" (ICLR 2026): debiasing reshapes the gradient flow, a baseline image tracks the prior.
 
-Commands: train, presets, data info, eval, predict, export, report, dynamics. Errors print one line: exit 2 for
+Commands: train, presets, data info, eval, predict, export, report, dynamics, sweep. Errors print one line: exit 2 for
 a user error, 4 when the machine fails (disk, permissions), 3 when training diverges; --debug shows tracebacks."""
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dytrim.report import command as report_command  # report DIR... --out: md/html report with figures
 
     report_command.add_parser(sub)
+
+    from dytrim.sweep import command as sweep_command  # sweep TABLE --out DIR: a whole result table
+
+    sweep_command.add_parser(sub)
     return parser
 
 
@@ -262,6 +266,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from dytrim.report import command as report_command
 
         return report_command.run(args)
+    if args.command == "sweep":
+        from dytrim.sweep import command as sweep_command
+
+        return sweep_command.run(args)
     return cmd_data_info(args)
 
 

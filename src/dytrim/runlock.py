@@ -45,13 +45,20 @@ def _holder(path: Path) -> str:
 
 
 def _acquire(path: Path) -> int:
-    """An fd holding an exclusive flock on `path` (the file that is at `path` now, not an unlinked one)."""
+    """An fd holding an exclusive flock on `path` (the file that is at `path` now, not an unlinked one).
+
+    A lock held for under half a second is waited for: `is_held` (dytrim sweep --status) probes with a brief
+    shared lock, which must not make a starting run fail."""
+    deadline = time.monotonic() + 0.5
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             raise RunLocked(_holder(path)) from None
         except BaseException:
             os.close(fd)
@@ -63,6 +70,25 @@ def _acquire(path: Path) -> int:
         if same:
             return fd
         os.close(fd)  # we locked a file its holder just unlinked: lock the one at `path` now
+
+
+def is_held(run_dir: Path) -> str | None:
+    """What the holder of `run_dir`'s lock wrote (pid, host, command) while a live process holds it, else None.
+    Asks the kernel (a non-blocking shared flock, released at once), so a lock file left by a killed run is free."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(path)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 @contextmanager

@@ -1,5 +1,9 @@
 """Clean stops: SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) become a request that the loop
-honours at the next step boundary, after writing a checkpoint; a second Ctrl-C quits at once."""
+honours at the next step boundary, after writing a checkpoint; a second Ctrl-C quits at once.
+
+SIGUSR1 and SIGUSR2 are the warning signals schedulers send before a time limit or a preemption (Slurm's
+`--signal`, submitit's default USR2; Slurm delivers them to every process of the job step, the trainer included):
+their default action would kill the run without a checkpoint, so they stop it like SIGTERM, with exit 143."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+WARNINGS = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n))  # -> as SIGTERM
 
 
 class Stopped(Exception):
@@ -41,15 +46,15 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the step
-        self.signum = signum
+        name = signal.Signals(signum).name
+        self.signum = signal.SIGTERM if signum in WARNINGS else signum
         if self.announce:
-            name = signal.Signals(signum).name
             print(f"\ndytrim: {name} received; stopping after this step with a checkpoint "
                   "(Ctrl-C again to quit without one)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for s in SIGNALS:
+            for s in SIGNALS + WARNINGS:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dytrim.config import RunConfig
 from dytrim.debias import create_components
-from dytrim.engine.build import build_parts, run_context
+from dytrim.engine.build import attach_component_heads, build_parts, run_context
 from dytrim.engine.hooks import Component
 from dytrim.engine.loop import Trainer
 from dytrim.ssl import create_ssl
@@ -26,4 +26,5 @@ def build_trainer(
     ssl = create_ssl(cfg.ssl, parts.data.num_classes, len(parts.data.ulb_idx))
     ctx = run_context(parts, ssl.uses_unlabeled)
     components = create_components(cfg, ctx) + list(extra_components)
+    attach_component_heads(parts, ctx, components)  # auxiliary heads join the model, its EMA and the optimiser
     return Trainer(parts, ssl, components, ctx)

@@ -222,7 +222,7 @@ def test_adsh_updates_before_each_epoch_from_index_two_with_the_pass() -> None:
     for step in range(16):
         comp.before_step(step)
     assert len(calls) == 2 and calls[0] == ("unlabeled", "eval", "weak", True)  # steps 8 and 12, not 0 or 4
-    np.testing.assert_allclose(comp.score.numpy(), [0.95, 0.6, 0.95], atol=1e-6)
+    np.testing.assert_allclose(comp.score.numpy(), [0.95, 0.5, 0.95], atol=1e-6)  # rho = 1/1: C_1[round(2 - 1)]
 
 
 def test_adsh_stacks_on_fixmatch_only() -> None:

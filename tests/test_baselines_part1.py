@@ -230,3 +230,59 @@ def test_adsh_stacks_on_fixmatch_only() -> None:
     for base in ("flexmatch", "freematch", "supervised"):
         with pytest.raises(ConfigError, match=r"^debias\.methods: adsh replaces .*\(got \w+\)$"):
             _cfg("debias.methods=adsh", f"ssl.name={base}")
+
+
+# ---------------------------------------------------------------- ABC (§5)
+def test_abc_bernoulli_parameters_equal_the_spec_tables() -> None:
+    from dytrim.debias.abc import balance_rates, unlabeled_rates
+
+    counts = [int(1500 * (1 / 100) ** (c / 9)) for c in range(10)]
+    p = balance_rates(counts)
+    np.testing.assert_allclose(p.numpy(), [.01, .0167, .0278, .0464, .0777, .129, .217, .366, .6, 1], atol=6e-4)
+    np.testing.assert_allclose(p.numpy(), min(counts) / np.array(counts, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(unlabeled_rates(p, 0.0).numpy(), np.ones(10))  # epoch 0
+    np.testing.assert_allclose(unlabeled_rates(p, 250 / 500).numpy(),
+                               [.505, .508, .514, .523, .539, .565, .609, .683, .8, 1], atol=6e-4)
+
+
+def test_abc_loss_terms_and_masks_equal_the_official_formulas() -> None:
+    from dytrim.debias.abc import ABC
+    from dytrim.engine.components import owned_generator
+    from dytrim.engine.hooks import Views
+
+    counts = [40, 10, 4]
+
+    class Model(torch.nn.Module):
+        num_features = 5
+
+        def __init__(self):
+            super().__init__()
+            self.aux_heads = torch.nn.ModuleDict()
+
+    ctx = _Ctx(lb_counts=counts)
+    ctx.model = Model()
+    comp = ABC(_cfg("debias.methods=abc", "abc.p_cutoff=0.5", "abc.epoch_steps=10", "train.steps=100"), ctx)
+    ctx.model.aux_heads["abc"] = comp.head
+    rng = np.random.default_rng(2)
+    f_lb, f_w = rng.normal(size=(6, 5)), rng.normal(size=(8, 5)) * 3
+    f_s = [rng.normal(size=(8, 5)), rng.normal(size=(8, 5))]
+    y = np.array([0, 0, 1, 2, 2, 1])
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    views = Views(torch.zeros(6, 3), torch.zeros(8, 3), [], t(f_lb), t(f_w), [t(f) for f in f_s])
+    batch = Batch(torch.arange(6), torch.zeros(6, 1), torch.tensor(y), torch.ones(6))
+    terms = comp.loss_terms(views, batch, None, None, step=57)
+    # the masks: torch.bernoulli draws of an identical generator, labeled first
+    W, b = comp.head.weight.detach().double().numpy(), comp.head.bias.detach().double().numpy()
+    aux = lambda f: f @ W.T + b  # noqa: E731
+    p = min(counts) / np.array(counts, dtype=np.float64)
+    gen = owned_generator(0, "abc")
+    m_lb = torch.bernoulli(torch.tensor(p[y], dtype=torch.float32), generator=gen).double().numpy()
+    q = _softmax(aux(f_w))
+    rates = 1 - (50 / 100) * (1 - p[q.argmax(-1)])  # epoch 5 of 10-step epochs, of 100 steps
+    m_u = (q.max(-1) >= 0.5) * torch.bernoulli(torch.tensor(rates, dtype=torch.float32), generator=gen).double().numpy()
+    assert 0 < m_lb.sum() < 6 and m_u.sum() > 0  # the masks keep some samples and drop others
+    l_lb = -(m_lb * np.log(_softmax(aux(f_lb)))[np.arange(6), y]).mean()
+    l_u = sum(-(m_u * (q * np.log(_softmax(aux(f)))).sum(-1)).mean() for f in f_s)
+    np.testing.assert_allclose(float(terms["abc_l"].detach()), l_lb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(terms["abc_u"].detach()), l_u, rtol=1e-5, atol=1e-6)
+    assert comp.eval_head == "abc" and comp.heads() == {"abc": comp.head}

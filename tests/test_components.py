@@ -168,3 +168,23 @@ def test_the_whole_set_pass(tmp_path) -> None:
     assert all(torch.equal(buffers[k], v) for k, v in ctx.model.state_dict().items() if "running" in k)
     again = ctx.whole_set(ctx.model, "labeled", "train", "weak", owned_generator(0, "t"))
     assert torch.equal(lb.logits, again.logits)  # the caller's generator makes the weak views reproducible
+
+
+def test_a_run_that_predicts_with_a_head_predicts_with_it_after_loading(tmp_path) -> None:
+    from dytrim.config import ConfigError
+    from dytrim.engine.components import HeadModel
+    from dytrim.export import build_exported
+    from dytrim.inference import load_run
+
+    tr = build_trainer(load_config("mnist-lt-abc", TINY), tmp_path)
+    tr.fit()
+    run = load_run(tmp_path)
+    x = tr.data.x_test[:20]
+    want = predict_logits(HeadModel(tr.ema.model, "abc"), x, tr.data.mean, tr.data.std)
+    torch.testing.assert_close(run.logits(x)[0], want)
+    try:
+        build_exported(run)
+    except ConfigError as exc:
+        assert "auxiliary head 'abc'" in str(exc) and "\n" not in str(exc)
+    else:
+        raise AssertionError("export of a head-predicting run must refuse")

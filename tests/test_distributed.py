@@ -48,3 +48,22 @@ def test_two_process_ddp_matches_one_process(tmp_path) -> None:
     assert abs(r1[-1]["bacc"] - r2[-1]["bacc"]) <= TOLERANCE_BACC
     assert json.loads((two / "run.json").read_text())["processes"] == 2
     assert not list(two.glob(".write_probe*"))
+
+
+def test_two_process_ddp_keeps_component_heads_memory_and_scores_in_sync(tmp_path) -> None:
+    """ABC's head (gradients averaged over ranks), SAW's per-sample memory (written from the global batch) and
+    Adsh's scores (a whole-set pass on every rank) stay identical on both ranks."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cfg = ["--preset", "mnist-lt-fixmatch", "--set", "debias.methods=abc,saw,adsh", "--set", "train.steps=40",
+           "--set", "train.eval_every=20", "--set", "train.progress=false", "--set", "train.threads=1",
+           "--set", "train.device=cpu", "--set", "saw.epoch_steps=10", "--set", "adsh.epoch_steps=10",
+           "--set", "adsh.first_epoch=1", "--set", "abc.epoch_steps=10"]
+    two = tmp_path / "two"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29518", "-m", "dytrim", "train", *cfg, "--out", str(two)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = _rows(two)
+    assert [r["step"] for r in rows] == [20, 40] and all(r["ranks_in_sync"] for r in rows)
+    assert all("loss_abc_l" in r and "loss_abc_u" in r for r in rows)
+    assert rows[-1]["adsh_score"] != [0.95] * 10 or rows[-1]["saw_w_u"] != [1.0] * 10  # the schedules ran

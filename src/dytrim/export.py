@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dytrim.config import ConfigError
+from dytrim.engine.components import HeadModel
 from dytrim.engine.evaluate import debias_logits
 from dytrim.inference import TrainedRun
 from dytrim.jsonfmt import compact_json
@@ -87,6 +88,9 @@ def build_exported(run: TrainedRun) -> tuple[ExportedClassifier, dict[str, Any]]
     if run.debiasers and offset is None:
         print(f"dytrim: warning: debias methods {run.debias_methods} are not a constant logit offset; the export's "
               "logits_debiased output equals its logits", file=sys.stderr)
+    if isinstance(run.model, HeadModel):
+        raise ConfigError(f"export: this run predicts with the auxiliary head '{run.model.name}' "
+                          f"({', '.join(run.cfg.debias.methods)}); exporting such runs is not supported yet")
     backbone = create_model(run.cfg.model.name, run.card.num_classes, in_channels=run.card.channels)
     backbone.load_state_dict({k: v.cpu() for k, v in run.model.state_dict().items()})
     module = ExportedClassifier(backbone, run.card.mean, run.card.std,

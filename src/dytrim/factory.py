@@ -13,7 +13,7 @@ from pathlib import Path
 from dytrim.config import RunConfig, schedule
 from dytrim.debias import create_components
 from dytrim.engine.budget import check_step_budget
-from dytrim.engine.build import build_parts, run_context
+from dytrim.engine.build import attach_component_heads, build_parts, run_context
 from dytrim.engine.hooks import Component
 from dytrim.engine.loop import Trainer
 from dytrim.ssl import create_ssl
@@ -33,6 +33,7 @@ def build_trainer(
     components = create_components(cfg, ctx) + list(extra_components)
     for line in _never_on(cfg, components):
         warnings.warn(line, stacklevel=2)
+    attach_component_heads(parts, ctx, components)  # auxiliary heads join the model, its EMA and the optimiser
     return Trainer(parts, ssl, components, ctx)
 
 

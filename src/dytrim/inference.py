@@ -31,6 +31,7 @@ from dytrim.data.images import BadImage, is_image_file, list_images, load_image,
 from dytrim.datacard import DataCard, read_card
 from dytrim.debias import COMPONENTS
 from dytrim.engine.checkpoint import load_latest
+from dytrim.engine.components import AUX, attach_heads, collect_heads, eval_model
 from dytrim.engine.context import RunContext
 from dytrim.engine.evaluate import debias_logits, predict_logits
 from dytrim.engine.hooks import Component
@@ -128,13 +129,21 @@ def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] 
     check_checkpoint(own, state, path.name, command, MODEL_KEYS)
     card = read_card(run, cfg)
     model = create_model(cfg.model.name, card.num_classes, in_channels=card.channels).to(dev)
+    owners: list[Component] = []
+    weights = state["ema"] if isinstance(state["ema"], dict) else {}
+    if any(str(k).startswith(f"{AUX}.") for k in weights):  # a component's heads: rebuilt, loaded, maybe predicting
+        ctx = _prediction_context(cfg, card, model, dev)
+        owners = [c for name in cfg.debias.methods if (c := COMPONENTS.create(name, cfg, ctx)).heads()]
+        attach_heads(model, collect_heads(owners), dev)
     if why := _weights_mismatch(model, state["ema"]):
         raise ConfigError(f"{command}: the EMA weights in {path.name} do not fit this run's model ({cfg.model.name}, "
                           f"{card.num_classes} classes, {card.channels} input channels): {why}; it is not a "
                           "checkpoint of this run")
     model.load_state_dict(state["ema"])
     model.eval()
-    return TrainedRun(run, cfg, card, model, int(state["step"]), path, _debiasers(cfg, card, model, state, dev), dev)
+    predictor = eval_model(model, owners).eval()  # the model, or it through the head a component predicts with
+    return TrainedRun(run, cfg, card, predictor, int(state["step"]), path, _debiasers(cfg, card, model, state, dev),
+                      dev)
 
 
 def _weights_mismatch(model: nn.Module, weights: Any) -> str | None:

@@ -6,11 +6,16 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
 - reweight: scales K and G per sample by class weights;
 - resample: the sampling measure of labeled batches;
 - cdmad: the pseudo-label target (weak logits minus the baseline image's logits) and the prediction;
+- abc: an auxiliary balanced head on the features (Bernoulli-masked losses) that predicts at test;
+- debiaspl: the pseudo-label target (weak logits minus τ·log of an online prior) and the strong-view logits;
+- saw: scales K and G per sample by class weights from labeled counts and a memory of pseudo-labels;
+- adsh: the pseudo-label target and mask together (per-class thresholds from a per-epoch whole-set pass);
 - dytrim: which samples enter (class-aware labeled pruning by π_θ(I), soft unlabeled pruning) and
   how strongly (1/r rescaling) — the sampling measure and the per-sample scale of K·G.
 """
 
-from dytrim.debias import cdmad, dytrim, logit_adjust, resample, reweight  # noqa: F401  (each registers itself)
+from dytrim.debias import cdmad, dytrim, logit_adjust, resample, reweight  # noqa: F401, I001  (each registers itself)
+from dytrim.debias import abc, adsh, debiaspl, saw  # noqa: F401  (baselines, registered after the originals: key order kept)
 from dytrim.debias.registry import COMPONENTS, create_components
 
 __all__ = ["COMPONENTS", "create_components"]

@@ -21,10 +21,13 @@ from dytrim.config import ConfigError, RunConfig
 from dytrim.data.sources import LTData, load_data
 from dytrim.engine.accel import CompiledForward, make_deterministic, resolve_compile, resolve_precision
 from dytrim.engine.checkpoint import checkpoint_paths
+from dytrim.engine.components import attach_heads, collect_heads
 from dytrim.engine.context import RunContext
 from dytrim.engine.distributed import Dist
 from dytrim.engine.ema import EMATeacher
+from dytrim.engine.hooks import Component
 from dytrim.engine.optim import build_optimizer
+from dytrim.engine.passes import WholeSetPass
 from dytrim.engine.tensorboard import require_tensorboard
 from dytrim.models import create_model
 from dytrim.models.pretrained import LoadReport, load_pretrained
@@ -99,11 +102,28 @@ def run_context(parts: RunParts, uses_unlabeled: bool) -> RunContext:
 def data_context(cfg: RunConfig, data: LTData, model: nn.Module, ema_model: nn.Module, device: torch.device,
                  uses_unlabeled: bool) -> RunContext:
     """A RunContext of these networks on a loaded data set (the run's, or the analysis tools')."""
-    return RunContext.create(
+    ctx = RunContext.create(
         cfg, model=model, ema_model=ema_model, device=device, classes=data.classes, lb_counts=data.split.lb_counts,
         lb_labels=data.y_train[data.lb_idx].detach().cpu(), n_ulb=len(data.ulb_idx), image_shape=data.x_train.shape[1:],
         uses_unlabeled=uses_unlabeled,
     )
+    ctx.whole_set = WholeSetPass(data, cfg.aug, cfg.train.eval_batch_size, cfg.model.channels_last)
+    return ctx
+
+
+def attach_component_heads(parts: RunParts, ctx: RunContext, components: list[Component]) -> None:
+    """The components' auxiliary heads join the model before training (engine/components.py): the EMA teacher and
+    the optimiser are then built again over the whole model (still untrained, so this equals building them with the
+    heads), and every rank starts from the main rank's heads. No heads: nothing changes."""
+    if not attach_heads(parts.model, collect_heads(components), parts.device):
+        return
+    cfg = parts.cfg
+    if cfg.model.channels_last:
+        parts.model = parts.model.to(memory_format=torch.channels_last)
+    parts.dist.broadcast_module(parts.model)
+    parts.ema = EMATeacher(parts.model, cfg.optim.ema_decay, cfg.optim.ema_buffers)
+    parts.optimizer = build_optimizer(parts.model, cfg.optim)
+    ctx.ema_model = parts.ema.model
 
 
 def _load_pretrained(model: nn.Module, mcfg: Any) -> LoadReport:

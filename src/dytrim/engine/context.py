@@ -48,6 +48,7 @@ class RunContext:
     progress: Progress
     baseline: torch.Tensor  # the baseline image I [1, C, H, W] in normalised input space (debias.baseline)
     z_I: torch.Tensor | None = None  # [C] this step's z(I) of the train-mode student (set by the loop on request)
+    whole_set: Any = None  # engine.passes.WholeSetPass over the run's data: whole_set(model, which, bn, view, gen)
     lb_prior: torch.Tensor = field(init=False)  # [C] labeled class frequency, float64 on the CPU
 
     @classmethod

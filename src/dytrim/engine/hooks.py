@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -41,20 +42,44 @@ class StepOutput:
     logits_ulb_w_raw: torch.Tensor | None = None  # [Bu, C] the same before any pseudo_logits hook
 
 
+@dataclass
+class Views:
+    """Logits and penultimate features of every view of a step, with their graphs (features only when some
+    component sets `uses_features`; else empty lists). Handed to `loss_terms`."""
+
+    logits_lb: torch.Tensor  # [B, C]
+    logits_ulb_w: torch.Tensor | None = None  # [Bu, C] weak view, no graph
+    logits_ulb_s: list[torch.Tensor] = field(default_factory=list)  # n_strong x [Bu, C]
+    feats_lb: torch.Tensor | None = None  # [B, F]
+    feats_ulb_w: torch.Tensor | None = None  # [Bu, F], no graph
+    feats_ulb_s: list[torch.Tensor] = field(default_factory=list)  # n_strong x [Bu, F]
+
+
 class Component:
     """A debiasing/pruning component. Every hook is a no-op by default.
 
     Built by its registered factory as `factory(cfg, ctx)`: the run's config (a component reads its own section)
     and the `RunContext` (engine/context.py), which is all it sees of the run.
     Order within a step: [the loop's probe z(I), if `uses_probe`] -> before_step -> (samplers) -> weight ->
-    (forward) -> pseudo_logits -> weight_unlabeled -> train_logits -> (loss, backward, optimiser, EMA) -> observe
-    -> clock_rate. At evaluation: eval_logits, chained over the components in config order, then eval_fields.
+    (forward) -> pseudo_logits -> (the SSL base's targets and mask) -> pseudo_targets -> weight_unlabeled ->
+    train_logits -> (losses) -> loss_terms -> (backward, optimiser, EMA) -> observe -> clock_rate. At evaluation:
+    the raw logits come from the model's head or from the head named by `eval_head`; then eval_logits, chained
+    over the components in config order, then eval_fields.
+    Owned parts (engine/components.py): `heads()` join the model (optimiser, EMA, DDP, checkpoints); per-sample
+    memory, schedules and random generators live in the component and travel in its state_dict.
     """
 
     name = "component"
     uses_probe = False  # True: the loop computes ctx.z_I (train-mode z(I), no gradient) at the start of each step
     starts: tuple[str, str, str] | None = None  # (what, key of its start step, key of its end step or ""): a part
     #   of the component that switches on at a schedule point; the run warns at start-up when it never does
+    uses_features = False  # True: the step's forward also returns penultimate features of every view (Views)
+    eval_head: str | None = None  # evaluation predicts from this auxiliary head (a name of `heads()`), not `head`
+
+    def heads(self) -> dict[str, nn.Module]:
+        """Auxiliary heads on the penultimate features, by name; the loop attaches them to the model (so they are
+        in the optimiser, the EMA teacher, DDP averaging and checkpoints). Called once, before training."""
+        return {}
 
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> Any | None:
         """Replace the labeled sampler (re-sampling); None keeps the default epoch sampler."""
@@ -82,8 +107,20 @@ class Component:
     def weight(self, batch: Batch, step: int) -> None:
         """Scale batch.w_lb / batch.w_ulb in place (re-weighting, soft pruning)."""
 
+    def pseudo_targets(
+        self, targets: torch.Tensor, mask: torch.Tensor, logits_w: torch.Tensor, ulb_pos: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Replace the SSL base's targets [Bu, C] and mask [Bu] together (DARP, Adsh, ACR, DASO), given the weak
+        logits after the pseudo_logits hooks and the unlabeled positions (global batch); None keeps them."""
+        return None
+
     def weight_unlabeled(self, batch: Batch, targets: torch.Tensor, mask: torch.Tensor, step: int) -> None:
         """Scale batch.w_ulb in place once pseudo-labels exist (re-weighting by predicted class)."""
+
+    def loss_terms(self, views: Views, batch: Batch, targets: torch.Tensor | None, mask: torch.Tensor | None,
+                   step: int) -> dict[str, torch.Tensor]:
+        """Extra scalar loss terms by name (added to the loss, logged as loss_<name> in metrics.jsonl)."""
+        return {}
 
     def observe(self, batch: Batch, out: StepOutput, step: int) -> None:
         """See the step's per-sample results after the update (scores, statistics)."""

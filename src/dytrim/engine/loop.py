@@ -1,10 +1,14 @@
 """The one training loop. Read it top to bottom: `train_step` is one update, `fit` the run around it.
 
 Order of a step (STYLE.md habit 1; component hooks in brackets): [the probe z(I), if a component asks] ->
-[before_step] -> sample -> weak/strong views -> the step function (engine/step.py: [weight] -> forward passes ->
-[pseudo_logits] (e.g. CDMAD) -> targets and mask (SSL algorithm) -> [weight_unlabeled] -> [train_logits] (e.g.
-logit adjustment) -> per-sample losses x weights) -> backward -> optimiser -> EMA -> [observe]. Evaluation uses
-the EMA model; [eval_logits] give the debiased predictions, and every evaluation probes the baseline image.
+[before_step] (schedules: every K steps, per epoch; whole-set passes) -> sample -> weak/strong views -> the step
+function (engine/step.py: [weight] -> forward passes (logits; penultimate features when a component asks) ->
+[pseudo_logits] (e.g. CDMAD, DebiasPL) -> targets and mask (SSL algorithm) -> [pseudo_targets] (e.g. Adsh) ->
+[weight_unlabeled] (e.g. SAW) -> [train_logits] (e.g. logit adjustment) -> per-sample losses x weights ->
+[loss_terms] (named extra terms)) -> backward -> optimiser -> EMA -> [observe] (scores, per-sample memory).
+Evaluation uses the EMA model (through a component's head if one names `eval_head`); [eval_logits] give the
+debiased predictions, and every evaluation probes the baseline image. Components' heads are part of the model
+(engine/components.py), so the optimiser, EMA, DDP averaging and checkpoints hold them.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from tqdm import tqdm
 from dytrim.config import ConfigError, dump_yaml
 from dytrim.engine import metrics_log, runlog
 from dytrim.engine import rng as rng_state
-from dytrim.engine.accel import autocast, cpu_facts
+from dytrim.engine.accel import cpu_facts
 from dytrim.engine.build import RunParts
 from dytrim.engine.checkpoint import load_latest, remove_stale_temps, save_checkpoint
+from dytrim.engine.components import eval_model
 from dytrim.engine.context import RunContext
 from dytrim.engine.distributed import fingerprint, global_view
 from dytrim.engine.evaluate import evaluation_row, metrics_row, predict_shared
+from dytrim.engine.forward import TrainForward
 from dytrim.engine.hooks import Batch, Component
 from dytrim.engine.optim import lr_at, set_lr
 from dytrim.engine.probe import step_probe
@@ -51,6 +57,8 @@ class Trainer:
         self.cfg, self.out, self.device, self.dist = parts.cfg, parts.out, parts.device, parts.dist
         self.data, self.model, self.ema, self.optimizer = parts.data, parts.model, parts.ema, parts.optimizer
         self.forward_fn = parts.forward_fn
+        self._forward = TrainForward(self.model, self.forward_fn, parts.precision, self.device,
+                                     self.cfg.model.channels_last, self.cfg.train.forward == "joint")
         self.pretrained, self.precision, self.compiled = parts.pretrained, parts.precision, parts.compiled
         self.progress = ctx.progress
         cfg, d = self.cfg, self.data
@@ -97,22 +105,6 @@ class Trainer:
         ulb_pos = self.dist.shard(self.ulb_sampler.next()).to(self.device) if self.ssl.uses_unlabeled else None
         return make_views(self.data, lb_pos, ulb_pos, self.aug_gen, self.cfg.aug, self.cfg.ssl.n_strong)
 
-    def _forward(self, xs: list[torch.Tensor], grad: list[bool]) -> list[torch.Tensor]:
-        """Logits for each input, one forward per input (reference: separate BN batches) or one
-        concatenated pass (train.forward=joint, as USB); `grad[i]` False = no graph for input i."""
-        cl = self.cfg.model.channels_last
-        prep = [x.contiguous(memory_format=torch.channels_last) if cl else x for x in xs]
-        with autocast(self.precision, self.device):  # bf16 forward; logits leave in fp32 for losses and hooks
-            if self.cfg.train.forward == "joint":
-                logits = self.forward_fn(torch.cat(prep)).float()
-                outs = list(logits.split([len(x) for x in xs]))
-                return [o if g else o.detach() for o, g in zip(outs, grad, strict=True)]
-            outs = []
-            for x, g in zip(prep, grad, strict=True):
-                with torch.set_grad_enabled(g):
-                    outs.append(self.forward_fn(x).float())
-            return outs
-
     def train_step(self) -> dict[str, float]:
         """One update: [probe z(I)] -> [before_step] -> views -> the step function -> backward, optimiser, EMA ->
         [observe] -> the clock advances."""
@@ -125,6 +117,7 @@ class Trainer:
         res = self.step_fn.run(batch, self._forward, step)
         loss = res.loss
         stats = {"loss_x": res.loss_lb.detach().mean()}  # device scalars: read at evaluation, not per step
+        stats |= {f"loss_{k}": v for k, v in res.terms.items()}  # the components' extra terms, by name
         out = res.output()
         if res.targets is not None and res.mask is not None and res.loss_u is not None:
             true_u = self.data.y_train[self.data.ulb_idx[res.ulb_pos]]  # -1 = unknown (your own unlabeled folder)
@@ -159,7 +152,7 @@ class Trainer:
         p.samples_bwd += n_lb + n_ulb * len(batch.x_ulb_s)
         stats["loss"] = loss.detach()
         if self.dist.world > 1:  # losses: mean over ranks (the global-batch loss)
-            keys = [k for k in ("loss", "loss_x", "loss_u") if k in stats]
+            keys = [k for k in stats if k.startswith("loss")]
             vals = self.dist.gather(torch.stack([stats[k].double() for k in keys])[None]).mean(0)
             stats |= dict(zip(keys, vals, strict=True))
         return stats | {"lr": lr}
@@ -178,7 +171,8 @@ class Trainer:
         """EMA-model metrics on the test set (or the fixed subset), raw and per debiasing component."""
         d, cfg = self.data, self.cfg
         idx = torch.arange(len(d.y_test), device=self.device) if full else d.eval_idx
-        logits = predict_shared(self.ema.model, d.x_test, idx, d.mean, d.std, self.dist, cfg.train.eval_batch_size,
+        model = eval_model(self.ema.model, self.components)  # the EMA model, or it through a component's head
+        logits = predict_shared(model, d.x_test, idx, d.mean, d.std, self.dist, cfg.train.eval_batch_size,
                                 cfg.model.channels_last)
         row = evaluation_row(logits, d.y_test[idx], d.split.lb_counts, self.components, self.ema.model,
                              self.ctx.baseline, self.ctx.lb_prior)

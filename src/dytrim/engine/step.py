@@ -1,27 +1,30 @@
 """The one step function: from a batch's views to its loss, through the components' hooks in their fixed order.
 
 Training (engine/loop.py) and the analysis tools (dytrim/dynamics) both call it, so the hook order is written
-once: [weight] -> forward (weak unlabeled without gradient, labeled, each strong view) -> [train_logits] on the
-labeled logits -> [pseudo_logits] -> pseudo-labels (SSL base) -> [weight_unlabeled] -> [train_logits] on each
-strong view -> per-sample soft cross-entropies x weights. Who draws the batch, how the forward runs (precision,
-BN mode, compiled or not) and what happens to the loss (backward, or a gradient decomposition) is the caller's.
+once: [weight] -> forward (weak unlabeled without gradient, labeled, each strong view; logits, and penultimate
+features when a component asks) -> [train_logits] on the labeled logits -> [pseudo_logits] -> pseudo-labels (SSL
+base) -> [pseudo_targets] -> [weight_unlabeled] -> [train_logits] on each strong view -> per-sample soft
+cross-entropies x weights -> [loss_terms] (named extra terms). Who draws the batch, how the forward runs
+(precision, BN mode, compiled or not) and what happens to the loss (backward, or a gradient decomposition) is the
+caller's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from dytrim.data.augment import normalize, strong_augment, weak_augment
 from dytrim.engine.distributed import Dist
-from dytrim.engine.hooks import Batch, Component, StepOutput
+from dytrim.engine.hooks import Batch, Component, StepOutput, Views
 from dytrim.engine.losses import soft_cross_entropy
 
-#: forward(inputs, grad) -> logits per input; grad[i] False: no graph for input i
-Forward = Callable[[list[torch.Tensor], list[bool]], list[torch.Tensor]]
+#: forward(inputs, grad) -> logits per input; grad[i] False: no graph for input i. A forward that can also return
+#: features is called as forward(inputs, grad, True) -> (logits per input, features per input) when a component asks.
+Forward = Callable[..., Any]
 
 
 class PseudoLabeler(Protocol):
@@ -73,6 +76,7 @@ class StepResult:
     logits_w: torch.Tensor | None  # [global Bu, C] weak logits after the pseudo_logits hooks
     logits_w_raw: torch.Tensor | None  # the same before them
     ulb_pos: torch.Tensor | None  # [global Bu] unlabeled positions
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the components' extra loss terms (detached)
 
     def output(self) -> StepOutput:
         """The per-sample view handed to `observe` (this process's losses; global targets and mask)."""
@@ -96,6 +100,7 @@ class StepFunction:
         self.ssl, self.components, self.num_classes, self.lambda_u = ssl, list(components), num_classes, lambda_u
         self.dist = dist or Dist()  # one process: gather and shard are the identity
         self.ce_eps = ce_eps  # ssl.ce_eps: 0 = exact log_softmax, 1e-8 = the reference code's log(softmax + 1e-8)
+        self.with_features = any(c.uses_features for c in self.components)
 
     def supervised_loss(self, logits_lb: torch.Tensor, y_lb: torch.Tensor, step: int) -> torch.Tensor:
         """[B] unweighted cross-entropy of the labeled logits after the train_logits hooks."""
@@ -126,7 +131,28 @@ class StepFunction:
         for c in self.components:
             logits_w = c.pseudo_logits(logits_w, step)
         targets, mask = self.ssl.pseudo_targets(logits_w, ulb_pos)
+        for c in self.components:
+            if (replaced := c.pseudo_targets(targets, mask, logits_w, ulb_pos, step)) is not None:
+                targets, mask = replaced
         return targets, mask, logits_w
+
+    def _views(self, forward: Forward, xs: list[torch.Tensor], grad: list[bool]) -> tuple[list[torch.Tensor], list]:
+        """Logits of each input, and their penultimate features when a component uses them (else [])."""
+        if self.with_features:
+            logits, feats = forward(xs, grad, True)
+            return logits, feats
+        return forward(xs, grad), []
+
+    def _terms(self, views: Views, batch: Batch, targets: torch.Tensor | None, mask: torch.Tensor | None,
+               step: int) -> dict[str, torch.Tensor]:
+        """The components' named extra loss terms of this step."""
+        terms: dict[str, torch.Tensor] = {}
+        for c in self.components:
+            for name, value in c.loss_terms(views, batch, targets, mask, step).items():
+                if name in terms:
+                    raise ValueError(f"two components return the loss term '{name}'")
+                terms[name] = value
+        return terms
 
     def run(self, batch: Batch, forward: Forward, step: int) -> StepResult:
         """Hooks, forward passes, pseudo-labels and the loss of one batch (the weights in `batch` are updated)."""
@@ -134,11 +160,17 @@ class StepFunction:
         for c in self.components:
             c.weight(batch, step)
         if not self.ssl.uses_unlabeled:
-            loss_lb = self.supervised_loss(forward([batch.x_lb], [True])[0], batch.y_lb, step)
-            return StepResult((loss_lb * batch.w_lb).mean(), loss_lb, None, None, None, None, None, None, None)
+            outs, feats = self._views(forward, [batch.x_lb], [True])
+            loss_lb = self.supervised_loss(outs[0], batch.y_lb, step)
+            terms = self._terms(Views(outs[0], feats_lb=feats[0] if feats else None), batch, None, None, step)
+            loss = (loss_lb * batch.w_lb).mean()
+            for value in terms.values():
+                loss = loss + value
+            return StepResult(loss, loss_lb, None, None, None, None, None, None, None,
+                              {k: v.detach() for k, v in terms.items()})
         assert batch.x_ulb_w is not None and batch.ulb_pos is not None and batch.w_ulb is not None
         n_s = len(batch.x_ulb_s)  # reference order: weak unlabeled (no grad), then labeled, then each strong view
-        outs = forward([batch.x_ulb_w, batch.x_lb, *batch.x_ulb_s], [False] + [True] * (n_s + 1))
+        outs, feats = self._views(forward, [batch.x_ulb_w, batch.x_lb, *batch.x_ulb_s], [False] + [True] * (n_s + 1))
         logits_w, logits_lb, logits_s = outs[0].detach(), outs[1], outs[2:]
         loss_lb = self.supervised_loss(logits_lb, batch.y_lb, step)
         loss: Any = (loss_lb * batch.w_lb).mean()
@@ -152,4 +184,12 @@ class StepFunction:
         loss_u = (loss_ulb * batch.w_ulb).mean()  # mean over n_strong * Bu terms, as the reference
         extra = self.ssl.extra_loss(torch.cat(logits_s), targets, mask)
         loss = loss + self.lambda_u * loss_u + (extra if extra is not None else 0.0)
-        return StepResult(loss, loss_lb, loss_ulb, loss_u.detach(), targets_g, mask_g, logits_w_g, raw_g, ulb_pos_g)
+        terms: dict[str, torch.Tensor] = {}
+        if self.with_features or any(type(c).loss_terms is not Component.loss_terms for c in self.components):
+            views = Views(logits_lb, logits_w, list(logits_s), *((feats[1], feats[0].detach(), feats[2:]) if feats
+                                                                  else (None, None, [])))
+            terms = self._terms(views, batch, targets, mask, step)
+            for value in terms.values():
+                loss = loss + value
+        return StepResult(loss, loss_lb, loss_ulb, loss_u.detach(), targets_g, mask_g, logits_w_g, raw_g, ulb_pos_g,
+                          {k: v.detach() for k, v in terms.items()})

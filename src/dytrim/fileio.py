@@ -112,3 +112,18 @@ def _umask() -> int:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def env_mib(name: str, default: float) -> float:
+    """A size budget in MiB from environment variable `name` (unset or empty: `default`); ValueError with a one-line
+    message when it is not a positive finite number."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return float(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}: '{text}' is not a positive number of MiB; unset it to use the default {default}")
+    return value

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from dytrim.data.errors import DataError
+from dytrim.fileio import env_mib
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 BUDGET_ENV = "DYTRIM_MAX_IMAGE_MB"
@@ -59,17 +60,10 @@ def path_text(path: str | os.PathLike[str]) -> str:
 
 def image_budget_mb() -> float:
     """The decoded-size budget of one image in MiB: $DYTRIM_MAX_IMAGE_MB, else DEFAULT_BUDGET_MB."""
-    text = os.environ.get(BUDGET_ENV, "").strip()
-    if not text:
-        return float(DEFAULT_BUDGET_MB)
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise DataError(f"{BUDGET_ENV}: '{text}' is not a positive number of MiB; unset it to use the default "
-                        f"{DEFAULT_BUDGET_MB}")
-    return value
+        return env_mib(BUDGET_ENV, DEFAULT_BUDGET_MB)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _check_budget(im: Any, budget_mb: float) -> None:

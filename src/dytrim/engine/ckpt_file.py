@@ -32,6 +32,8 @@ from typing import Any, BinaryIO
 
 import torch
 
+from dytrim.fileio import env_mib
+
 #: Version of the checkpoint layout. 1: dytrim <= 0.1.0 (numpy RNG state pickled as numpy objects, which
 #: weights-only loading refuses); 2: every entry is a tensor, number, string, list, tuple or dict.
 FORMAT_VERSION = 2
@@ -50,17 +52,10 @@ class Unusable(Exception):
 
 def budget_mb() -> float:
     """The checkpoint memory budget in MiB: $DYTRIM_CHECKPOINT_MAX_MB, else DEFAULT_BUDGET_MB."""
-    text = os.environ.get(BUDGET_ENV, "").strip()
-    if not text:
-        return float(DEFAULT_BUDGET_MB)
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise CheckpointError(f"{BUDGET_ENV}: '{text}' is not a positive number of MiB; unset it to use the default "
-                              f"{DEFAULT_BUDGET_MB}")
-    return value
+        return env_mib(BUDGET_ENV, DEFAULT_BUDGET_MB)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _open_regular(path: Path) -> BinaryIO:

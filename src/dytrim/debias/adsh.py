@@ -98,7 +98,8 @@ class Adsh(Component):
             self.score = adsh_scores(F.softmax(res.logits, dim=-1), self.score.to(res.logits.device), self.tau)
 
     def pseudo_targets(self, targets: torch.Tensor, mask: torch.Tensor, logits_w: torch.Tensor,
-                       ulb_pos: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+                       ulb_pos: torch.Tensor, step: int,
+                       feats_w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return rectified_targets(logits_w, self.score)
 
     def eval_fields(self) -> dict[str, Any]:

@@ -96,7 +96,9 @@ def build_parts(cfg: RunConfig, out_dir: Path, resume: bool = False) -> RunParts
 
 def run_context(parts: RunParts, uses_unlabeled: bool) -> RunContext:
     """The components' view of the run (engine/context.py)."""
-    return data_context(parts.cfg, parts.data, parts.model, parts.ema.model, parts.device, uses_unlabeled)
+    ctx = data_context(parts.cfg, parts.data, parts.model, parts.ema.model, parts.device, uses_unlabeled)
+    ctx.gather = parts.dist.gather  # components keeping statistics of local batches (DASO's queues) stay in sync
+    return ctx
 
 
 def data_context(cfg: RunConfig, data: LTData, model: nn.Module, ema_model: nn.Module, device: torch.device,
@@ -108,6 +110,7 @@ def data_context(cfg: RunConfig, data: LTData, model: nn.Module, ema_model: nn.M
         uses_unlabeled=uses_unlabeled,
     )
     ctx.whole_set = WholeSetPass(data, cfg.aug, cfg.train.eval_batch_size, cfg.model.channels_last)
+    ctx.ulb_in_lb = torch.isin(data.ulb_idx.detach().cpu(), data.lb_idx.detach().cpu())
     return ctx
 
 

@@ -31,6 +31,11 @@ class Progress:
     samples_seen: int = 0  # labeled + unlabeled images drawn
 
 
+def _one_process(t: torch.Tensor) -> torch.Tensor:
+    """The gather of a run on one process: the tensor itself."""
+    return t
+
+
 @dataclass
 class RunContext:
     """The run as components see it (built by `engine.build.run_context`)."""
@@ -49,6 +54,8 @@ class RunContext:
     baseline: torch.Tensor  # the baseline image I [1, C, H, W] in normalised input space (debias.baseline)
     z_I: torch.Tensor | None = None  # [C] this step's z(I) of the train-mode student (set by the loop on request)
     whole_set: Any = None  # engine.passes.WholeSetPass over the run's data: whole_set(model, which, bn, view, gen)
+    ulb_in_lb: torch.Tensor | None = None  # [N_u] bool (CPU): unlabeled positions holding a labeled image (pool=paper)
+    gather: Any = field(default=_one_process)  # gather(t): per-rank tensors concatenated in rank order (DDP), else t
     lb_prior: torch.Tensor = field(init=False)  # [C] labeled class frequency, float64 on the CPU
 
     @classmethod

@@ -108,10 +108,12 @@ class Component:
         """Scale batch.w_lb / batch.w_ulb in place (re-weighting, soft pruning)."""
 
     def pseudo_targets(
-        self, targets: torch.Tensor, mask: torch.Tensor, logits_w: torch.Tensor, ulb_pos: torch.Tensor, step: int
+        self, targets: torch.Tensor, mask: torch.Tensor, logits_w: torch.Tensor, ulb_pos: torch.Tensor, step: int,
+        feats_w: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Replace the SSL base's targets [Bu, C] and mask [Bu] together (DARP, Adsh, ACR, DASO), given the weak
-        logits after the pseudo_logits hooks and the unlabeled positions (global batch); None keeps them."""
+        logits after the pseudo_logits hooks, the unlabeled positions and, when some component sets
+        `uses_features`, the weak view's penultimate features [Bu, F] (all of the global batch); None keeps them."""
         return None
 
     def weight_unlabeled(self, batch: Batch, targets: torch.Tensor, mask: torch.Tensor, step: int) -> None:

@@ -123,16 +123,16 @@ class StepFunction:
         return torch.stack(per_view)
 
     def pseudo_labels(
-        self, logits_w: torch.Tensor, ulb_pos: torch.Tensor, step: int
+        self, logits_w: torch.Tensor, ulb_pos: torch.Tensor, step: int, feats_w: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(targets, mask, adjusted weak logits) of the global batch from its weak logits (pseudo_logits hooks,
-        then the SSL base's rule)."""
+        then the SSL base's rule, then the pseudo_targets hooks, which also see the weak features if any)."""
         assert self.ssl is not None, "pseudo-labels need an SSL base"
         for c in self.components:
             logits_w = c.pseudo_logits(logits_w, step)
         targets, mask = self.ssl.pseudo_targets(logits_w, ulb_pos)
         for c in self.components:
-            if (replaced := c.pseudo_targets(targets, mask, logits_w, ulb_pos, step)) is not None:
+            if (replaced := c.pseudo_targets(targets, mask, logits_w, ulb_pos, step, feats_w=feats_w)) is not None:
                 targets, mask = replaced
         return targets, mask, logits_w
 
@@ -176,7 +176,8 @@ class StepFunction:
         loss: Any = (loss_lb * batch.w_lb).mean()
         # pseudo-labels of the global batch on every rank, so thresholds and class status stay in sync
         raw_g, ulb_pos_g = self.dist.gather(logits_w), self.dist.gather(batch.ulb_pos)
-        targets_g, mask_g, logits_w_g = self.pseudo_labels(raw_g, ulb_pos_g, step)
+        feats_w_g = self.dist.gather(feats[0].detach()) if feats else None
+        targets_g, mask_g, logits_w_g = self.pseudo_labels(raw_g, ulb_pos_g, step, feats_w_g)
         targets, mask = self.dist.shard(targets_g), self.dist.shard(mask_g)
         for c in self.components:
             c.weight_unlabeled(batch, targets, mask, step)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -114,26 +113,35 @@ def _wait_for_checkpoint(d: Path, proc: subprocess.Popen) -> bool:
     return False
 
 
+def _interrupted(root: Path, tmp_path: Path, prefix: str, interrupt, wanted_rc: int, **popen) -> tuple[Path, str, int]:
+    """Run the `one` table's sweep and `interrupt(proc, cell_dir)` it once the cell holds a checkpoint, up to three
+    times (the tiny run may end first); -> (cell dir, the sweep's output, its exit code) of the first attempt whose
+    trainer (wanted_rc 143) or sweep (wanted_rc -SIGKILL) ended with `wanted_rc`."""
+    cell = load_table(root / "one.yaml").cells[0]
+    for attempt in range(3):
+        out = tmp_path / f"{prefix}{attempt}"
+        proc = subprocess.Popen([sys.executable, "-m", "dytrim", "sweep", str(root / "one.yaml"), "--out", str(out),
+                                 "--threads", "1"], env=ENV, text=True, **popen)
+        d = state.cell_dir(out, cell)
+        if _wait_for_checkpoint(d, proc):
+            interrupt(proc, d)
+        text, _err = proc.communicate(timeout=900)
+        rc = [a["rc"] for a in state.attempts(d)][:1] if wanted_rc == 143 else [proc.returncode]
+        if rc == [wanted_rc]:
+            return d, text or "", proc.returncode
+    pytest.fail("the run finished before the interruption three times")
+
+
 def test_preemption_signal_requeues_and_resumes_exactly(swept, tmp_path) -> None:
     root, out = swept
-    cell = load_table(root / "one.yaml").cells[0]
-    straight = state.cell_dir(out, cell)  # the same spec, run without interruption by the sweep above
+    straight = state.cell_dir(out, load_table(root / "one.yaml").cells[0])  # the same spec, run uninterrupted above
     assert straight.is_dir()
-    for _ in range(3):  # the signal must land before the run ends
-        out2 = tmp_path / f"pre{_}"
-        proc = subprocess.Popen([sys.executable, "-m", "dytrim", "sweep", str(root / "one.yaml"), "--out", str(out2),
-                                 "--threads", "1"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        d = state.cell_dir(out2, cell)
-        if _wait_for_checkpoint(d, proc):
-            pid = int(state.runlock.is_held(d).split()[1])
-            os.kill(pid, signal.SIGUSR2)  # a scheduler's warning signal, sent to the trainer (the task) itself
-        text, _err = proc.communicate(timeout=900)
-        if [a["rc"] for a in state.attempts(d)][:1] == [143]:
-            break
-    else:
-        pytest.fail("the run finished before the signal three times")
-    assert proc.returncode == 0, text[-3000:]
+
+    def warn(proc: subprocess.Popen, d: Path) -> None:  # a scheduler's warning signal, to the trainer (the task)
+        os.kill(int(state.runlock.is_held(d).split()[1]), signal.SIGUSR2)
+
+    d, text, rc = _interrupted(root, tmp_path, "pre", warn, 143, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert rc == 0, text[-3000:]
     assert [a["rc"] for a in state.attempts(d)] == [143, 0]
     assert "stopped with a checkpoint (exit 143); requeued" in text and "--resume" in text
     assert state.classify(d).state == "done"
@@ -143,24 +151,17 @@ def test_preemption_signal_requeues_and_resumes_exactly(swept, tmp_path) -> None
 def test_sigkilled_sweep_is_resumed_by_the_next_command(swept, tmp_path) -> None:
     root, out = swept
     cell = load_table(root / "one.yaml").cells[0]
-    for _ in range(3):
-        out3 = tmp_path / f"kill{_}"
-        proc = subprocess.Popen([sys.executable, "-m", "dytrim", "sweep", str(root / "one.yaml"), "--out", str(out3),
-                                 "--threads", "1"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        d = state.cell_dir(out3, cell)
-        if _wait_for_checkpoint(d, proc):
-            os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its trainer: a lost node, no checkpoint at exit
-        proc.wait(timeout=900)
-        if proc.returncode == -signal.SIGKILL:
-            break
-    else:
-        pytest.fail("the run finished before the kill three times")
+
+    def lose_node(proc: subprocess.Popen, d: Path) -> None:  # the sweep and its trainer: no checkpoint at exit
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    d, _, _ = _interrupted(root, tmp_path, "kill", lose_node, -signal.SIGKILL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 30
     while state.classify(d).state == "running" and time.time() < deadline:  # the kernel drops the dead's lock
         time.sleep(0.1)
     assert state.classify(d).state == "resumable"
-    res = sweep(str(root / "one.yaml"), "--out", str(out3), "--threads", "1")
+    res = sweep(str(root / "one.yaml"), "--out", str(d.parent.parent), "--threads", "1")
     assert res.returncode == 0, res.stdout[-3000:]
     assert "1 cells; 1 to run" in res.stdout and "--resume" in res.stdout
     assert metrics(d) == metrics(state.cell_dir(out, cell))
@@ -275,25 +276,3 @@ def test_cancel_stops_a_running_local_cell_without_requeue(tables, tmp_path, cap
     assert proc.returncode == 0, text[-2000:]
     assert [a["rc"] for a in state.attempts(d)] == [143] and "requeued" not in text
     assert state.classify(d).state == "cancelled" and state.newest_step(d) is not None
-
-
-@pytest.mark.skipif(not os.environ.get("DYTRIM_SLURM_PARTITION") or not shutil.which("sinfo"),
-                    reason="needs a real Slurm cluster (set DYTRIM_SLURM_PARTITION); none on this machine, and a "
-                    "one-node install (launcher-notes.md §4.5, tier 3) was not set up here: the job script is "
-                    "checked against fake sbatch/srun and the requeue protocol with submitit's LocalExecutor above")
-def test_real_slurm_one_node(tables, tmp_path) -> None:
-    root = tables
-    out = tmp_path / "slurm"
-    args = [str(root / "tiny.yaml"), "--out", str(out)]
-    res = sweep(*args, "--launcher", "slurm", "--partition", os.environ["DYTRIM_SLURM_PARTITION"],
-                "--gpus-per-cell", "0", "--cpus-per-cell", "1", "--time", "10", "--signal-delay", "60")
-    assert res.returncode == 0, res.stderr
-    deadline = time.time() + 1200
-    while time.time() < deadline:
-        status = sweep(*args, "--status").stdout
-        if status.strip().endswith("4 cells: 4 done"):
-            break
-        time.sleep(10)
-    else:
-        pytest.fail(status)
-    assert sweep(*args, "--collect").returncode == 0

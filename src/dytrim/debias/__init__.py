@@ -10,12 +10,18 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
 - debiaspl: the pseudo-label target (weak logits minus τ·log of an online prior) and the strong-view logits;
 - saw: scales K and G per sample by class weights from labeled counts and a memory of pseudo-labels;
 - adsh: the pseudo-label target and mask together (per-class thresholds from a per-epoch whole-set pass);
+- daso: the pseudo-label target and mask together (blend with prototype similarities of queued EMA features) and
+  a semantic alignment loss on the strong view's features;
+- darp: the pseudo-label target and mask together (rows of a per-sample memory refined every 10 steps so that the
+  pool's class distribution matches a target);
 - dytrim: which samples enter (class-aware labeled pruning by π_θ(I), soft unlabeled pruning) and
   how strongly (1/r rescaling) — the sampling measure and the per-sample scale of K·G.
 """
 
 from dytrim.debias import cdmad, dytrim, logit_adjust, resample, reweight  # noqa: F401, I001  (each registers itself)
 from dytrim.debias import abc, adsh, debiaspl, saw  # noqa: F401  (baselines, registered after the originals: key order kept)
+from dytrim.debias import daso  # noqa: F401  (registers itself)
+from dytrim.debias import darp  # noqa: F401  (registers itself)
 from dytrim.debias.registry import COMPONENTS, create_components
 
 __all__ = ["COMPONENTS", "create_components"]

@@ -12,6 +12,8 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
 - adsh: the pseudo-label target and mask together (per-class thresholds from a per-epoch whole-set pass);
 - daso: the pseudo-label target and mask together (blend with prototype similarities of queued EMA features) and
   a semantic alignment loss on the strong view's features;
+- acr: the pseudo-label target and mask together (an adaptive τ1 from an estimate of the unlabeled distribution,
+  OR masks) and a second, logit-adjusted head with its own losses that predicts at test;
 - darp: the pseudo-label target and mask together (rows of a per-sample memory refined every 10 steps so that the
   pool's class distribution matches a target);
 - dytrim: which samples enter (class-aware labeled pruning by π_θ(I), soft unlabeled pruning) and
@@ -21,6 +23,7 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
 from dytrim.debias import cdmad, dytrim, logit_adjust, resample, reweight  # noqa: F401, I001  (each registers itself)
 from dytrim.debias import abc, adsh, debiaspl, saw  # noqa: F401  (baselines, registered after the originals: key order kept)
 from dytrim.debias import daso  # noqa: F401  (registers itself)
+from dytrim.debias import acr  # noqa: F401  (registers itself)
 from dytrim.debias import darp  # noqa: F401  (registers itself)
 from dytrim.debias.registry import COMPONENTS, create_components
 

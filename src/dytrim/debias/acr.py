@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dytrim.config import RunConfig, config_section, require
-from dytrim.debias.registry import COMPONENTS
+from dytrim.debias.registry import COMPONENTS, require_fixmatch
 from dytrim.engine.components import head_of
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component, Views
@@ -148,9 +148,7 @@ class ACRConfig:
         require(0 <= self.ema_u < 1, "acr.ema_u", f"must be in [0, 1); got {self.ema_u}")
         require(self.est_epoch >= 0, "acr.est_epoch", f"must be >= 0; got {self.est_epoch}")
         require(self.epoch_steps >= 1, "acr.epoch_steps", f"must be >= 1; got {self.epoch_steps}")
-        require(cfg.ssl.name == "fixmatch", "debias.methods",
-                f"acr replaces the pseudo-label threshold rule, so it stacks on ssl.name=fixmatch only "
-                f"(got {cfg.ssl.name})")
+        require_fixmatch(cfg, "acr replaces the pseudo-label threshold rule")
 
 
 @COMPONENTS.register("acr")

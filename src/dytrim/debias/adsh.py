@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dytrim.config import RunConfig, config_section, require
-from dytrim.debias.registry import COMPONENTS
+from dytrim.debias.registry import COMPONENTS, require_fixmatch
 from dytrim.engine.components import load_generator_state, owned_generator
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
@@ -51,9 +51,7 @@ class AdshConfig:
         require(0 < self.tau <= 1, "adsh.tau", f"must be in (0, 1]; got {self.tau}")
         require(self.epoch_steps >= 1, "adsh.epoch_steps", f"must be >= 1; got {self.epoch_steps}")
         require(self.first_epoch >= 0, "adsh.first_epoch", f"must be >= 0; got {self.first_epoch}")
-        require(cfg.ssl.name == "fixmatch", "debias.methods",
-                f"adsh replaces the pseudo-label threshold rule, so it stacks on ssl.name=fixmatch only "
-                f"(got {cfg.ssl.name})")
+        require_fixmatch(cfg, "adsh replaces the pseudo-label threshold rule")
 
 
 def adsh_scores(probs: torch.Tensor, score: torch.Tensor, tau: float) -> torch.Tensor:

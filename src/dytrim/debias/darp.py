@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from dytrim.config import ConfigError, RunConfig, config_section, require
 from dytrim.config.schedule import to_step
 from dytrim.debias.darp_solver import refine
-from dytrim.debias.registry import COMPONENTS
+from dytrim.debias.registry import COMPONENTS, require_fixmatch
 from dytrim.engine.components import SampleMemory
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
@@ -72,9 +72,7 @@ class DARPConfig:
     def check(self, cfg: Any) -> None:
         if "darp" not in cfg.debias.methods:
             return
-        require(cfg.ssl.name == "fixmatch", "debias.methods",
-                f"darp replaces the pseudo-labels and mask of a fixed-threshold base, so it stacks on "
-                f"ssl.name=fixmatch only (got {cfg.ssl.name})")
+        require_fixmatch(cfg, "darp replaces the pseudo-labels and mask of a fixed-threshold base")
         if isinstance(self.warm, float):
             require(0 <= self.warm <= 1, "darp.warm", f"a float is a fraction of train.steps in [0, 1]; got "
                                                       f"{self.warm:g}")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from dytrim.config import RunConfig, config_section, require
 from dytrim.config.schedule import to_step
 from dytrim.debias.daso_parts import ClassQueues, LabelWindow, alignment_loss, blend, dist_weights, semantic_logits
-from dytrim.debias.registry import COMPONENTS
+from dytrim.debias.registry import COMPONENTS, require_fixmatch
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component, Views
 from dytrim.engine.probe import frozen_bn_stats
@@ -64,9 +64,7 @@ class DASOConfig:
     def check(self, cfg: Any) -> None:
         if "daso" not in cfg.debias.methods:
             return
-        require(cfg.ssl.name == "fixmatch", "debias.methods",
-                f"daso replaces the pseudo-label rule with its blend, so it stacks on ssl.name=fixmatch only "
-                f"(got {cfg.ssl.name})")
+        require_fixmatch(cfg, "daso replaces the pseudo-label rule with its blend")
         require(cfg.ssl.hard_label, "ssl.hard_label", "daso's pseudo-labels are the one-hot argmax of its blend "
                 "(official); set ssl.hard_label=true")
         w = self.warm

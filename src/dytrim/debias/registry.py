@@ -3,7 +3,7 @@ section; `create_components` builds a run's stack in the order of debias.methods
 
 from __future__ import annotations
 
-from dytrim.config import RunConfig, register_choices
+from dytrim.config import RunConfig, register_choices, require
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Component
 from dytrim.registry import Registry
@@ -15,3 +15,10 @@ register_choices("debias.methods", COMPONENTS.names)  # the config accepts exact
 def create_components(cfg: RunConfig, ctx: RunContext) -> list[Component]:
     """Build `cfg.debias.methods` in order; each factory gets the config and the run's context."""
     return [COMPONENTS.create(name, cfg, ctx) for name in cfg.debias.methods]
+
+
+def require_fixmatch(cfg: RunConfig, why: str) -> None:
+    """Refuse a stack on any base but fixmatch in one line naming debias.methods; `why` says what the method
+    replaces of the base's pseudo-label rule (Adsh, DARP, DASO, ACR)."""
+    require(cfg.ssl.name == "fixmatch", "debias.methods",
+            f"{why}, so it stacks on ssl.name=fixmatch only (got {cfg.ssl.name})")

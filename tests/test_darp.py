@@ -11,11 +11,12 @@ import pytest
 import torch
 from scipy import optimize
 
-from dytrim.config import ConfigError, load_config
+from dytrim.config import ConfigError, dump_yaml, load_config
 from dytrim.debias.darp import DARP, refined_targets, target_counts
 from dytrim.debias.darp_solver import dual_solve, normalize_selected, refine, remove_noise, secant
 from dytrim.engine.checkpoint import load_latest, save_checkpoint
 from dytrim.factory import build_trainer
+from dytrim.resume import resume_config
 
 LB_G100 = [int(1500 * (1 / 100) ** (c / 9)) for c in range(10)]  # [1500, 899, 539, ..., 15]: N1 1500, gamma 100
 
@@ -215,15 +216,19 @@ def test_the_mask_is_taken_on_the_refined_rows_and_raw_gives_usb_s_mask() -> Non
     assert torch.equal(soft, refined) and mask.tolist() == [1.0, 0.0, 0.0]
 
 
-def test_state_round_trip_and_the_warm_up_step_is_kept_on_resume() -> None:
+def test_state_round_trip_and_the_warm_up_step_is_kept_on_resume(tmp_path) -> None:
     rng = np.random.default_rng(1)
-    a = DARP(_cfg("darp.warm=0.1", "darp.every=4"), _Ctx())  # step 80 of the preset's 800
+    cfg_a = _cfg("darp.warm=0.1", "darp.every=4")  # step 80 of the preset's 800
+    a = DARP(cfg_a, _Ctx())
     feed = [(torch.tensor(rng.normal(size=(8, 10)), dtype=torch.float32), torch.tensor(rng.choice(60, 8, False)))
             for _ in range(100)]
     for step, (z, pos) in enumerate(feed[:90]):
         a.pseudo_targets(*_base(torch.softmax(z, -1)), z, pos, step)
-    b = DARP(_cfg("darp.warm=0.1", "darp.every=4", "train.steps=2000"), _Ctx())  # a longer resumed run
-    assert b.warm == 200
+    assert DARP(_cfg("darp.warm=0.1", "darp.every=4", "train.steps=2000"), _Ctx()).warm == 200  # a fresh run
+    (tmp_path / "config.yaml").write_text(dump_yaml(cfg_a))
+    cfg_b, note = resume_config(tmp_path, ["train.steps=2000"])  # a longer resumed run: darp.warm is pinned
+    assert cfg_b.darp.warm == 80 and isinstance(cfg_b.darp.warm, int) and "darp.warm=0.1 stays at step 80" in note
+    b = DARP(cfg_b, _Ctx())
     b.load_state_dict(a.state_dict())
     assert b.warm == 80 and b.refined and b.refinements == a.refinements == 3
     for step, (z, pos) in enumerate(feed[90:], start=90):

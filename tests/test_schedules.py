@@ -72,6 +72,8 @@ def test_fraction_from_the_command_line_and_its_help() -> None:
     ("optim.warmup_steps=-3", ">= 0"),
     ("optim.warmup_steps=2.5", "[0, 1]"),
     ("prune.anneal=1.2", "[0, 1]"),
+    ("darp.warm=1.5", "[0, 1]"),
+    ("daso.warm=-2", ">= 0"),
     ("debias.start=soon", "expects float"),
 ])
 def test_impossible_schedule_values_stop_with_one_line_naming_the_key(tmp_path, capsys, override, needle) -> None:

@@ -18,7 +18,7 @@ from dytrim.config.schema import ConfigError, RunConfig
 RESUMABLE: dict[str, str] = {
     "train.steps": "length of the run: extend (or shorten) it; a cosine LR and DyTrim's annealing follow the new "
                    "length from the current step on; a schedule point written as a fraction (debias.start, "
-                   "optim.warmup_steps) keeps the step it had (config/schedule.py pin_fractions)",
+                   "optim.warmup_steps, darp.warm, daso.warm) keeps the step it had (config/schedule.py pin_fractions)",
     "train.eval_every": "evaluation cadence (evaluation reads the EMA model and changes no training state)",
     "train.ckpt_every": "checkpoint cadence",
     "train.keep_ckpts": "how many checkpoints are kept",

@@ -1,13 +1,13 @@
 """Schedule points in steps: the one rule that turns a step-valued key into a step of this run.
 
-A schedule point (debias.start, optim.warmup_steps) is written either as an integer, the absolute step (3000 =
-from step 3000 on, whatever train.steps is), or as a float in [0, 1], a fraction of train.steps (0.2 = after 20 %
-of the run). prune.anneal is a fraction only (a float, as it always was). A fraction f resolves to the first step
-at or after f * train.steps, ceil(f * train.steps), computed exactly on the decimal as written (0.2 * 15000 is
-3000, not the 3000.0000000000005 of binary floats): a component that switches on "at step >= s" behaves as one
-that switches on after the fraction f. Every consumer (CDMAD, DyTrim, the LR warm-up, the plots and the report)
-reads its step through `step_of` / `to_step`, so a preset written as a fraction and one written as the step it
-resolves to train identically.
+A schedule point (debias.start, optim.warmup_steps, darp.warm, daso.warm: STEP_KEYS) is written either as an
+integer, the absolute step (3000 = from step 3000 on, whatever train.steps is), or as a float in [0, 1], a fraction
+of train.steps (0.2 = after 20 % of the run). prune.anneal is a fraction only (a float, as it always was). A
+fraction f resolves to the first step at or after f * train.steps, ceil(f * train.steps), computed exactly on the
+decimal as written (0.2 * 15000 is 3000, not the 3000.0000000000005 of binary floats): a component that switches on
+"at step >= s" behaves as one that switches on after the fraction f. Every consumer (CDMAD, DyTrim, DARP, DASO, the
+LR warm-up, the plots and the report) reads its step through `step_of` / `to_step`, so a preset written as a
+fraction and one written as the step it resolves to train identically.
 
 Also here, because they read the same rule: the validation of these keys, the start-up warnings for a component
 that never switches on within train.steps, the evaluation spacing of short runs, and the pinning of fractions
@@ -24,7 +24,7 @@ from typing import Any
 from dytrim.config.schema import ConfigError, RunConfig
 
 #: keys that are points of the schedule: an int is the absolute step, a float in [0, 1] a fraction of train.steps
-STEP_KEYS = ("debias.start", "optim.warmup_steps")
+STEP_KEYS = ("debias.start", "optim.warmup_steps", "darp.warm", "daso.warm")
 #: a run shorter than this many default evaluation intervals evaluates at train.steps // MIN_EVALS instead
 MIN_EVALS = 5
 

@@ -94,7 +94,7 @@ def validate(cfg: RunConfig) -> None:
         "debias.methods",
         "resample and dytrim both replace the labeled sampler; list only one of them",
     )
-    check_schedule(cfg)  # debias.start, optim.warmup_steps: a step or a fraction of train.steps
+    check_schedule(cfg)  # the STEP_KEYS (debias.start, darp.warm, ...): a step or a fraction of train.steps
     for name in cfg.sections:  # each component's own section: its CHOICES (above) and its checks
         check = getattr(cfg.sections[name], "check", None)
         if check is not None:

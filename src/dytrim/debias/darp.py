@@ -13,8 +13,9 @@ rule is applied to the refined row, so FixMatch's ssl.p_cutoff is τ and ssl.har
 soft refined row otherwise, as DARP's MixMatch/ReMixMatch modes use it); before the first refinement the base's
 targets and mask are kept. Refinements follow `Periodic(darp.every)` on the schedule clock: the 10-step rule of
 the official code when the clock advances by 1 per update, and still once per 10 steps when it jumps (DyTrim).
-The memories, the schedule and the warm-up step are checkpointed (the official code saves none: its resume
-restarts them uniform), so a resumed run is exact. The secant solver does not raise where scipy does (the
+The memories and the schedule are checkpointed (the official code saves none: its resume restarts them
+uniform), so a resumed run is exact; darp.warm is a schedule point (config/schedule.py STEP_KEYS), pinned to its
+step when a resume changes train.steps. The secant solver does not raise where scipy does (the
 official run would stop): unconverged solves are counted in `darp_unconverged`.
 USB's port (semilearn `imb_algorithms/darp`) masks with the unrefined probabilities and takes only the label from
 DARP (`darp.mask=raw`), warms up for 78 % of its run and fixes tol at 0.1. DARP replaces the pseudo-labels of a
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dytrim.config import ConfigError, RunConfig, config_section, require
-from dytrim.config.schedule import to_step
+from dytrim.config.schedule import step_of
 from dytrim.debias.darp_solver import refine
 from dytrim.debias.registry import COMPONENTS, require_fixmatch
 from dytrim.engine.components import SampleMemory
@@ -58,7 +59,8 @@ class DARPConfig:
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"mask": ("refined", "raw")}
 
-    warm: int | float = 0.4  # refinements start at this step (int) or fraction of train.steps (float in [0, 1])
+    warm: int | float = 0.4  # refinements start at this step (int) or fraction of train.steps (float in [0, 1]; a
+    #   schedule point: config/schedule.py checks it and pins it on a resume that changes train.steps)
     #   (official --warm 200 of 500 epochs: from step 100,500 of 250,000, i.e. 0.402)
     every: int = 10  # the whole memory is refined once every this many steps (official --num_iter)
     alpha: float = 2.0  # noise removal keeps the int(alpha c_j) most confident rows of class j (official --alpha)
@@ -73,10 +75,6 @@ class DARPConfig:
         if "darp" not in cfg.debias.methods:
             return
         require_fixmatch(cfg, "darp replaces the pseudo-labels and mask of a fixed-threshold base")
-        if isinstance(self.warm, float):
-            require(0 <= self.warm <= 1, "darp.warm", f"a float is a fraction of train.steps in [0, 1]; got "
-                                                      f"{self.warm:g}")
-        require(self.warm >= 0, "darp.warm", f"must be >= 0 (a step, or a fraction in [0, 1]); got {self.warm}")
         require(self.every >= 1, "darp.every", f"must be >= 1; got {self.every}")
         require(self.alpha > 0, "darp.alpha", f"must be > 0; got {self.alpha}")
         require(self.iter_t >= 1, "darp.iter_t", f"must be >= 1; got {self.iter_t}")
@@ -116,14 +114,10 @@ class DARP(Component):
         k = ctx.num_classes
         self.q_orig = SampleMemory(ctx.n_ulb, k, 1.0 / k)  # official: uniform rows at start, on the CPU
         self.q_refine = SampleMemory(ctx.n_ulb, k, 1.0 / k)
-        self._pin(to_step(c.warm, cfg.train.steps))
+        self.warm = step_of(cfg, "darp.warm")  # refinements at the first step of every period from here on
+        self.schedule = Periodic(self.every, first=-(-self.warm // self.every))
         self.refined = False  # a refinement has happened: the refined rows replace the base's targets
         self.refinements, self.unconverged = 0, 0
-
-    def _pin(self, warm: int) -> None:
-        """Refinements at the first step of every `every`-step period that starts at or after step `warm`."""
-        self.warm = int(warm)
-        self.schedule = Periodic(self.every, first=-(-self.warm // self.every))
 
     def refresh(self) -> None:
         """Refine the whole memory Q_orig into Q_refine (Q_orig unchanged)."""
@@ -149,7 +143,7 @@ class DARP(Component):
 
     def state_dict(self) -> dict[str, Any]:
         return {"q_orig": self.q_orig.state_dict(), "q_refine": self.q_refine.state_dict(), "refined": self.refined,
-                "warm": self.warm, "schedule": self.schedule.state_dict(), "refinements": self.refinements,
+                "schedule": self.schedule.state_dict(), "refinements": self.refinements,
                 "unconverged": self.unconverged}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -157,7 +151,6 @@ class DARP(Component):
             return
         self.q_orig.load_state_dict(state["q_orig"])
         self.q_refine.load_state_dict(state["q_refine"])
-        self._pin(state["warm"])  # the warm-up step the run was trained with (train.steps may change on resume)
         self.schedule.load_state_dict(state["schedule"])
         self.refined, self.refinements = bool(state["refined"]), int(state["refinements"])
         self.unconverged = int(state["unconverged"])

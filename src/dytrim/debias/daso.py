@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dytrim.config import RunConfig, config_section, require
-from dytrim.config.schedule import to_step
+from dytrim.config.schedule import step_of
 from dytrim.debias.daso_parts import ClassQueues, LabelWindow, alignment_loss, blend, dist_weights, semantic_logits
 from dytrim.debias.registry import COMPONENTS, require_fixmatch
 from dytrim.engine.context import RunContext
@@ -67,16 +67,13 @@ class DASOConfig:
         require_fixmatch(cfg, "daso replaces the pseudo-label rule with its blend")
         require(cfg.ssl.hard_label, "ssl.hard_label", "daso's pseudo-labels are the one-hot argmax of its blend "
                 "(official); set ssl.hard_label=true")
-        w = self.warm
-        require(not isinstance(w, bool) and (w >= 0 if isinstance(w, int) else 0 <= w <= 1), "daso.warm",
-                f"must be a step >= 0 or a fraction of train.steps in [0, 1]; got {w}")
         require(self.queue_size >= 1, "daso.queue_size", f"must be >= 1; got {self.queue_size}")
         require(self.t_proto > 0, "daso.t_proto", f"must be > 0; got {self.t_proto}")
         require(self.t_dist > 0, "daso.t_dist", f"must be > 0; got {self.t_dist}")
         require(self.pl_period >= 1, "daso.pl_period", f"must be >= 1; got {self.pl_period}")
         require(0 <= self.interp_alpha <= 1, "daso.interp_alpha", f"must be in [0, 1]; got {self.interp_alpha}")
         require(self.align_weight >= 0, "daso.align_weight", f"must be >= 0; got {self.align_weight}")
-        start = to_step(w, cfg.train.steps)
+        start = step_of(cfg, "daso.warm")
         require(start >= self.pl_period or start >= cfg.train.steps, "daso.warm",
                 f"the blend needs one pseudo-label window first: warm (step {start}) must be >= daso.pl_period "
                 f"({self.pl_period})")
@@ -96,7 +93,7 @@ class DASO(Component):
         self.ctx, self.t_proto, self.t_dist, self.alpha = ctx, c.t_proto, c.t_dist, c.interp_alpha
         self.dist_aware, self.align_weight, self.ema_bn = c.dist_aware, c.align_weight, c.ema_bn
         self.p_cutoff = cfg.ssl.p_cutoff  # official CONFIDENCE_THRESHOLD, shared with FixMatch
-        self.warm = to_step(c.warm, cfg.train.steps)
+        self.warm = step_of(cfg, "daso.warm")
         self.queue = ClassQueues(ctx.num_classes, c.queue_size, ctx.model.num_features, ctx.device)
         self.window = LabelWindow(ctx.num_classes)
         self.refresh = Periodic(c.pl_period, first=1)  # before steps pl_period, 2 pl_period, ...

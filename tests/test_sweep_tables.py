@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dytrim import cli, runlock
+from dytrim.config import load_config
 from dytrim.sweep import state
 from dytrim.sweep.collect import aggregate, collect, markdown
 from dytrim.sweep.table import TableError, load_table, shipped_tables
@@ -93,9 +94,19 @@ def test_every_shipped_table_expands() -> None:
     assert {"paper-cifar10lt-main", "paper-cifar10lt-gamma-u", "paper-cifar10lt-ablation", "cpu-cifar10lt",
             "cpu-cifar10lt-flexmatch-freematch", "mnist-lt"} <= set(tables)
     main = load_table(tables["paper-cifar10lt-main"])
-    assert len(main.cells) == 3 * 3 * 3 and main.published[("FixMatch + DyTrim", "γ=100")] == 84.8
+    assert len(main.cells) == 10 * 3 * 3 and main.published[("FixMatch + DyTrim", "γ=100")] == 84.8
+    assert main.published[("FixMatch + Adsh", "γ=150")] == 71.5  # paper Table 1, as printed
     g50 = next(c for c in main.cells if c.row == "FixMatch + CDMAD" and c.column == "γ=50")
     assert dict(g50.overrides)["data.imb_ratio_l"] == "50"
+    for cell in main.cells:  # a γ column of a g100 row is the experiment of that γ's own preset
+        gamma = cell.column.removeprefix("γ=")
+        if cell.seed != 0 or "-g100-" not in cell.preset or gamma == "100":
+            continue
+        mine = load_config(cell.preset, [f"{k}={v}" for k, v in dict(cell.overrides).items()]).to_dict()
+        theirs = load_config(cell.preset.replace("-g100-", f"-g{gamma}-")).to_dict()
+        for key in ("preset", "description"):
+            mine.pop(key, None), theirs.pop(key, None)
+        assert mine == theirs, cell.name
     for path in tables.values():
         assert load_table(path).metric.stat  # named in every file
 

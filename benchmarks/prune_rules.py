@@ -1,13 +1,15 @@
-"""DyTrim's labeled pruning rule, the reference against the options beside it, on one protocol.
+"""DyTrim's labeled pruning rule, the reference against the options beside it: the analysis of a swept table.
 
-    python benchmarks/prune_rules.py --protocol mnist --seeds 0,1,2,3,4 [--train] [--threads 1]
+    dytrim sweep benchmarks/tables/prune-rules-mnist.yaml --out SWEEP --procs 1 --threads 1 \
+        --set data.root=../shared/data
+    python benchmarks/prune_rules.py benchmarks/tables/prune-rules-mnist.yaml --out SWEEP [--reference ROW] \
+        [--notes FILE] [--name NAME] [--results-dir DIR]
 
-Rows are in benchmarks/prune_rules_rows.py (label, preset, overrides; the rule keys always explicit). Runs go
-to <runs-dir>/<protocol>/<label>/seed<k>; a directory holding summary.json is reused. With --train the missing
-runs are trained one after another (as `dytrim train`), without it only finished runs are tabulated and the
-missing ones listed. Writes benchmarks/results/prune-rules-<protocol>.md, a JSON twin and the plots
-prune-rules-<protocol>-pi.png (pi_theta(I)_c, r_c, labeled prior and pseudo-label shares over training) and
-prune-rules-<protocol>-kept.png (labeled images kept per class).
+The rows (preset + overrides, the rule keys always explicit) are the table file's (benchmarks/tables/); `dytrim
+sweep` trains them, this script only reads the finished cells (a cell not done is listed as missing, never
+averaged). Writes <results-dir>/<name>.md (name: the table's), a JSON twin and the plots <name>-pi.png
+(pi_theta(I)_c, r_c, labeled prior and pseudo-label shares over training) and <name>-kept.png (labeled images
+kept per class).
 """
 
 from __future__ import annotations
@@ -15,42 +17,81 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from results_file import RESULTS, write_results
+from results_file import RESULTS
 
+from dytrim.config import load_config
 from dytrim.engine.accel import cpu_facts
 from dytrim.engine.metrics_log import read_rows
+from dytrim.sweep import state
+from dytrim.sweep.table import Table, TableError, load_table
 
-sys.path.insert(0, str(Path(__file__).parent))
-from prune_rules_rows import ROWS  # noqa: E402
-
-
-def train(preset: str, overrides: list[str], seed: int, out: Path, data_root: str, threads: int) -> None:
-    cmd = [sys.executable, "-m", "dytrim", "train", "--preset", preset, "--set", f"seed={seed}",
-           "--set", f"data.root={data_root}", "--set", "train.progress=false", "--set", f"train.threads={threads}",
-           *[x for o in overrides for x in ("--set", o)], "--out", str(out)]
-    if out.exists():
-        cmd = [sys.executable, "-m", "dytrim", "train", "--resume", str(out)]
-    subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": str(threads)})
+Runs = dict[str, dict[int, dict[str, Any]]]  # row -> seed -> load_run(...)
 
 
 def load_run(out: Path) -> dict[str, Any]:
+    """A finished run: its evaluations, final evaluation, summary, data counts and config."""
     rows = read_rows(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     data = json.loads((out / "data.json").read_text())
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    return {"rows": rows, "final": summary.get("full_test", rows[-1]), "summary": summary, "data": data, "cfg": cfg}
+    return {"rows": rows, "final": summary.get("full_test", rows[-1]), "summary": summary, "data": data, "cfg": cfg,
+            "dir": out}
+
+
+def load_cells(table: Table, out: Path) -> tuple[Runs, list[str]]:
+    """The finished cells by row and seed, and the others named (row, seed, state)."""
+    runs: Runs = {}
+    missing = []
+    for cell in table.cells:
+        d = state.cell_dir(out, cell)
+        st = state.classify(d)
+        # train.steps is a resumable key, outside the cell's name: a cell done at another length is not this one
+        want = load_config(cell.preset, [f"{k}={v}" for k, v in cell.overrides]).train.steps
+        if st.state == "done" and st.steps == want:
+            runs.setdefault(cell.row, {})[cell.seed] = load_run(d)
+        else:
+            why = f"done with {st.steps} steps, the table asks {want}" if st.state == "done" else st.state
+            missing.append(f"{cell.row} seed {cell.seed} ({why})")
+    return runs, missing
+
+
+def max_parallel(dirs: list[Path]) -> int:
+    """The most runs that trained at once (from the cells' attempts.jsonl)."""
+    events = sorted((t, step) for d in dirs for a in state.attempts(d) for t, step in ((a["start"], 1), (a["end"], -1)))
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def sweep_command(table: Table, out: Path, runs: Runs) -> str:
+    """The `dytrim sweep` command the cells were trained with (procs, threads and data root read back from them)."""
+    done = [r for rs in runs.values() for r in rs.values()]
+    threads = ",".join(sorted({str(r["cfg"]["train"]["threads"]) for r in done}))
+    roots = ",".join(sorted({str(r["cfg"]["data"]["root"]) for r in done}))
+    procs = max_parallel([r["dir"] for r in done])
+    return f"dytrim sweep {table.path} --out {out} --procs {procs} --threads {threads} --set data.root={roots}"
+
+
+def write_results(folder: Path, name: str, lines: list[str], record: Any, notes: Path | None) -> None:
+    """<folder>/<name>.md (+ the notes) and <name>.json; prints the markdown."""
+    if notes:
+        lines = [*lines, "", notes.read_text().strip()]
+    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    print("\n".join(lines))
 
 
 def ms(values: list[float], scale: float = 100.0, nd: int = 1) -> str:
+    """Mean ± std of the values (scaled), or the one value with its seed count."""
     if not values:
         return "–"
     m = scale * statistics.fmean(values)
@@ -60,10 +101,12 @@ def ms(values: list[float], scale: float = 100.0, nd: int = 1) -> str:
 
 
 def fmt(v: list[float], nd: int = 3) -> str:
+    """A vector as a / b / c."""
     return " / ".join(f"{x:.{nd}f}" for x in v)
 
 
 def mean_vec(vs: list[list[float]]) -> list[float]:
+    """The element-wise mean of equal-length vectors (empty for none)."""
     return [statistics.fmean(col) for col in zip(*vs, strict=True)] if vs else []
 
 
@@ -74,38 +117,34 @@ def last_pruned(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def tv(a: list[float], b: list[float]) -> float:
+    """Total variation distance of two distributions."""
     return 0.5 * sum(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 def main() -> int:
+    """Read the table's finished cells and write the tables and plots."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--protocol", required=True, choices=sorted(ROWS))
-    ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--rows", default="", help="comma-separated labels (default: all rows of the protocol)")
-    ap.add_argument("--data-root", default="../shared/data")
-    ap.add_argument("--runs-dir", default="runs/prune-rules")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--train", action="store_true", help="train the missing runs (one at a time)")
+    ap.add_argument("table", type=Path, help="the table file the sweep ran (benchmarks/tables/prune-rules-*.yaml)")
+    ap.add_argument("--out", type=Path, required=True, help="the sweep directory (`dytrim sweep TABLE --out`)")
     ap.add_argument("--reference", default="dytrim-reference", help="row the paired differences are taken against")
     ap.add_argument("--notes", type=Path, help="a markdown file appended under the tables")
+    ap.add_argument("--name", help="name of the results files (default: the table's name)")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where they go (default: benchmarks/results)")
     args = ap.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    rows_def = [r for r in ROWS[args.protocol] if not args.rows or r[0] in args.rows.split(",")]
-    base = Path(args.runs_dir) / args.protocol
-    runs: dict[str, dict[int, dict[str, Any]]] = {}
-    missing = []
-    for label, preset, overrides in rows_def:
-        for s in seeds:
-            out = base / label / f"seed{s}"
-            if args.train and not (out / "summary.json").exists():
-                train(preset, overrides, s, out, args.data_root, args.threads)
-            if (out / "summary.json").exists():
-                runs.setdefault(label, {})[s] = load_run(out)
-            else:
-                missing.append(f"{label} seed {s}")
+    try:
+        table = load_table(args.table)
+    except TableError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if len(table.columns) != 1:
+        print(f"{args.table}: one column expected, not {len(table.columns)}", file=sys.stderr)
+        return 2
+    name, seeds, row_names = args.name or table.name, table.seeds, table.rows
+    runs, missing = load_cells(table, args.out)
     if not runs:
-        print("no finished runs")
+        print(f"no finished cells in {args.out} ({len(missing)} not done)")
         return 1
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     any_run = next(iter(next(iter(runs.values())).values()))
     lb_counts = any_run["data"]["lb_counts"]
     n_cls = len(lb_counts)
@@ -114,27 +153,30 @@ def main() -> int:
     facts = cpu_facts()  # the library's own reading of the CPU model and its bf16 / AVX flags
     cpu = f"{facts['cpu']} (flags {', '.join(facts['cpu_flags']) or 'none of interest'})"
     lines = [
-        f"# DyTrim's labeled pruning rule: reference vs options ({args.protocol})",
+        f"# {table.title}",
         "",
-        f"- command: `python {shlex.join(sys.argv)}` (trains with `OMP_NUM_THREADS={args.threads}` and "
-        f"`--set train.threads={args.threads}`, one run at a time)",
+        f"- commands: `{sweep_command(table, args.out, runs)}` (`--procs`, `--threads` and `data.root` read back "
+        f"from the cells), then `python {shlex.join(sys.argv)}`",
         f"- CPU: {cpu}; tabulated {date}",
         "- EMA model, final evaluation on the whole test set. Mean ± std over the seeds listed (same seeds in every "
         "row: seeds are paired). Debiased = CDMAD's z(x) − z(I) at test.",
         f"- labeled counts N_c: {lb_counts}; labeled prior: {fmt(prior)}",
+        *([f"- {table.notes}"] if table.notes else []),
         "",
-        "Rows (overrides on top of the preset; the rule keys are always explicit):",
+        f"Rows of {table.path} (overrides on top of the preset; the rule keys are always explicit):",
         "",
     ]
-    for label, preset, overrides in rows_def:
-        lines.append(f"- `{label}`: `--preset {preset} " + " ".join(f"--set {o}" for o in overrides) + "`")
+    for label in row_names:
+        cell = next(c for c in table.cells if c.row == label)
+        lines.append(f"- `{label}`: `--preset {cell.preset} " + " ".join(f"--set {k}={v}" for k, v in cell.overrides)
+                     + "`")
     lines += ["", "## Accuracy", "",
               "| row | seeds | bACC | GM | bACC debiased | GM debiased | few (raw) | few (debiased) | "
               "recall of the rarest class (raw / debiased) |",
               "|---|---|---|---|---|---|---|---|---|"]
-    record: dict[str, Any] = {"protocol": args.protocol, "date": date, "cpu": cpu, "lb_counts": lb_counts,
-                              "rows": {}}
-    for label, _, _ in rows_def:
+    record: dict[str, Any] = {"table": table.name, "file": str(table.path), "sweep": str(args.out), "date": date,
+                              "cpu": cpu, "lb_counts": lb_counts, "missing": missing, "rows": {}}
+    for label in row_names:
         rs = runs.get(label, {})
         if not rs:
             continue
@@ -153,12 +195,12 @@ def main() -> int:
         record["rows"][label] = {
             str(s): {k: r["final"].get(k) for k in ("bacc", "gm", "bacc_debiased", "gm_debiased", "few",
                                                       "few_debiased", "per_class_recall", "per_class_recall_debiased")}
-            | {"wall_s": r["summary"].get("wall_s")}
+            | {"wall_s": r["summary"].get("wall_s"), "cell": r["dir"].name}
             for s, r in rs.items()
         }
     lines += ["", "## Every seed (bACC raw / debiased, %)", "",
               "| row | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
-    for label, _, _ in rows_def:
+    for label in row_names:
         rs = runs.get(label, {})
         cells = [f"{100 * rs[s]['final']['bacc']:.1f}" + (f" / {100 * rs[s]['final']['bacc_debiased']:.1f}"
                                                           if "bacc_debiased" in rs[s]["final"] else "")
@@ -169,7 +211,7 @@ def main() -> int:
         lines += ["", f"## Paired differences against `{args.reference}` (row − reference, same seed)", "",
                   "| row | seeds | Δ bACC | Δ GM | Δ bACC debiased | Δ GM debiased | per seed Δ bACC debiased |",
                   "|---|---|---|---|---|---|---|"]
-        for label, _, _ in rows_def:
+        for label in row_names:
             rs = runs.get(label, {})
             both = [s for s in rs if s in ref]
             if label == args.reference or not both:
@@ -185,7 +227,7 @@ def main() -> int:
     lines += ["", "## Per-class recall (final, mean over seeds, %; raw / debiased)", "",
               "| row | " + " | ".join(f"c{c} (N={n})" for c, n in enumerate(lb_counts)) + " |",
               "|---|" + "---|" * n_cls]
-    for label, _, _ in rows_def:
+    for label in row_names:
         rs = runs.get(label, {})
         if not rs:
             continue
@@ -196,7 +238,7 @@ def main() -> int:
                  zip(raw, deb or raw, strict=True)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     # kept counts and what pi_theta(I) tracks
-    dy_rows = [label for label, _, _ in rows_def
+    dy_rows = [label for label in row_names
                if any("pruning" in r["rows"][-1] for r in runs.get(label, {}).values())]
     if dy_rows:
         lines += ["", "## Labeled images kept per class in the last pruned pass (before annealing; mean over seeds)",
@@ -240,7 +282,7 @@ def main() -> int:
                 "pi_I_mean": pi, "pseudo_mean": ps, "r_c_mean": rc, "tv_pi_prior": tv_pp, "tv_pi_pseudo": tv_ps,
                 "tv_pseudo_prior": tv_sp}
         probe = []
-        for label, _, _ in rows_def:
+        for label in row_names:
             rs = runs.get(label, {})
             key = "prior_baseline_trainmode"
             v = [r["final"][key] for r in rs.values() if r["final"].get(key)]
@@ -251,25 +293,22 @@ def main() -> int:
             lines += ["", "End of training, every row: the EMA model's π_θ(I) in train-mode BN "
                       "(`prior_baseline_trainmode`)",
                       "", "| row | π_θ(I) of the EMA model | TV to the labeled prior |", "|---|---|---|", *probe]
-        plot(runs, dy_rows, prior, lb_counts, args.protocol)
-        lines += ["", f"![π_θ(I) vs prior](prune-rules-{args.protocol}-pi.png)", "",
-                  f"![kept per class](prune-rules-{args.protocol}-kept.png)"]
+        plot(runs, dy_rows, prior, lb_counts, args.results_dir, name)
+        lines += ["", f"![π_θ(I) vs prior]({name}-pi.png)", "", f"![kept per class]({name}-kept.png)"]
     if missing:
-        lines += ["", f"Not run (not in the tables): {', '.join(missing)}."]
+        lines += ["", f"Missing (not done, not in the tables): {', '.join(missing)}."]
     lines += ["", "Per run: wall seconds", "", "| row | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|---|" + "---|" * len(seeds)]
-    for label, _, _ in rows_def:
+    for label in row_names:
         rs = runs.get(label, {})
         lines.append(f"| {label} | " + " | ".join(f"{rs[s]['summary'].get('wall_s', 0):.0f}" if s in rs else "–"
                                                  for s in seeds) + " |")
-    write_results(f"prune-rules-{args.protocol}", lines, record, args.notes)
+    write_results(args.results_dir, name, lines, record, args.notes)
     return 0
 
 
-def plot(runs: dict[str, dict[int, dict[str, Any]]], labels: list[str], prior: list[float], lb_counts: list[int],
-         protocol: str) -> None:
-    """Per class: pi_theta(I)_c (the rule's input) and r_c used for each DyTrim row, the pseudo-label share, the
-    labeled prior; mean over seeds at each evaluation. And the kept fraction of each class over training."""
+def plot(runs: Runs, labels: list[str], prior: list[float], lb_counts: list[int], folder: Path, name: str) -> None:
+    """<name>-pi.png: pi_theta(I)_c, r_c, pseudo-label share and prior per class; <name>-kept.png: kept per class."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,10 +344,10 @@ def plot(runs: dict[str, dict[int, dict[str, Any]]], labels: list[str], prior: l
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.legend(loc="lower center", ncol=3, fontsize=7)
-    fig.suptitle(f"{protocol}: π_θ(I)_c (solid), r_c used by the rule (dashed), pseudo-label share (dotted), "
+    fig.suptitle(f"{name}: π_θ(I)_c (solid), r_c used by the rule (dashed), pseudo-label share (dotted), "
                  "labeled prior (grey); mean over seeds", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
-    fig.savefig(RESULTS / f"prune-rules-{protocol}-pi.png", dpi=100)
+    fig.savefig(folder / f"{name}-pi.png", dpi=100)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.4), squeeze=False)
@@ -324,7 +363,7 @@ def plot(runs: dict[str, dict[int, dict[str, Any]]], labels: list[str], prior: l
     axes[0][0].set_ylabel("labeled kept, % of N_c")
     axes[0][0].legend(fontsize=6, ncol=2, title="class (N_c)", title_fontsize=6)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"prune-rules-{protocol}-kept.png", dpi=100)
+    fig.savefig(folder / f"{name}-kept.png", dpi=100)
     plt.close(fig)
 
 

@@ -1,5 +1,5 @@
-"""The details `dytrim sweep --collect` leaves out, per row (and column) of a swept table: bACC and GM raw and debiased, the
-per-class recall (mean over seeds) and the wall time of each run, with its ratio to a reference row.
+"""The details `dytrim sweep --collect` leaves out, per row (and column) of a swept table: bACC and GM raw and
+debiased, the per-class recall (mean over seeds) and the wall time of each run, with its ratio to a reference row.
 
     python benchmarks/table_details.py TABLE --out SWEEP [--seeds 0,1] [--reference FixMatch] > details.md
 

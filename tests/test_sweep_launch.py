@@ -262,7 +262,7 @@ def test_cancel_stops_a_running_local_cell_without_requeue(tables, tmp_path, cap
     from dytrim import cli
 
     root = tables
-    longer = ["--set", "train.steps=2000"]  # a resumable key: the cell keeps its name
+    longer = ["--set", "train.steps=2000"]  # a long run to cancel (its own cell: the length names the cell)
     cell = load_table(root / "one.yaml", ["train.steps=2000"]).cells[0]
     out6 = tmp_path / "cancel"
     proc = subprocess.Popen([sys.executable, "-m", "dytrim", "sweep", str(root / "one.yaml"), "--out", str(out6),

@@ -60,6 +60,9 @@ def test_expansion_and_cell_identity(tmp_path) -> None:
     assert {c.name for c in other.cells} & {c.name for c in t.cells} == {c.name for c in t.cells
                                                                           if c.column == "c2"}
     assert load_table(_write(tmp_path, TABLE), seeds=[7]).seeds == [7]
+    # train.steps may change on resume, but a table asking another length asks another experiment: a new cell
+    longer = load_table(_write(tmp_path, TABLE.replace("train.steps: 10", "train.steps: 20"), "w.yaml"))
+    assert {c.name for c in longer.cells} & {c.name for c in t.cells} == {c.name for c in t.cells if c.row == "A"}
     assert t.published == {("A", "c1"): 50.0}
 
 

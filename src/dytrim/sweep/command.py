@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="local: processes here; slurm: one job array (submitit); print: one command per cell")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every cell, e.g. data.root=/data (keys --resume may change, like "
-                   "data.root, leave the cells' directories as they are)")
+                   "data.root, leave the cells' directories as they are; train.steps names other cells)")
     p.add_argument("--seeds", help="comma-separated seeds instead of the table's")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (default: report them)")
     p.add_argument("--max-requeues", type=int, help="restarts of a cell stopped by a signal or a time limit "

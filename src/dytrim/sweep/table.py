@@ -42,6 +42,11 @@ METRIC_KEYS = ("key", "fallback", "stat", "n", "scale", "digits")
 STATS = ("last", "best", "mean_last", "full_test")
 
 
+#: resumable keys that still name a different cell: a resume may extend a run, but a table that asks another length
+#: asks another experiment
+LENGTH_KEYS = ("train.steps",)
+
+
 class TableError(ConfigError):
     """A table file that cannot be expanded (exit 2): the message names the file, the line and the key."""
 
@@ -93,8 +98,9 @@ class Cell:
     @property
     def identity(self) -> dict[str, Any]:
         """What the experiment is: preset, seed, and the overrides that change what is trained (keys that --resume
-        may change, such as data.root or train.threads, leave the cell where it is)."""
-        kept = {k: v for k, v in self.overrides if k not in RESUMABLE}
+        may change, such as data.root or train.threads, leave the cell where it is; train.steps does not: a table's
+        800- and 2,000-step runs are two experiments, the LR schedule and annealing follow the length)."""
+        kept = {k: v for k, v in self.overrides if k not in RESUMABLE or k in LENGTH_KEYS}
         return {"preset": self.preset, "seed": self.seed, "set": kept}
 
     @property

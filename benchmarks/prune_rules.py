@@ -52,7 +52,7 @@ def load_cells(table: Table, out: Path) -> tuple[Runs, list[str]]:
     for cell in table.cells:
         d = state.cell_dir(out, cell)
         st = state.classify(d)
-        # train.steps is a resumable key, outside the cell's name: a cell done at another length is not this one
+        # a cell extended (or cut short) by `dytrim train --resume --set train.steps=...` is not the table's run
         want = load_config(cell.preset, [f"{k}={v}" for k, v in cell.overrides]).train.steps
         if st.state == "done" and st.steps == want:
             runs.setdefault(cell.row, {})[cell.seed] = load_run(d)

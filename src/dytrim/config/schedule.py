@@ -123,7 +123,8 @@ def evaluations(steps: int, every: int) -> int:
 def pin_fractions(cfg: RunConfig, old_steps: int) -> list[str]:
     """A resumed run that changes train.steps keeps the schedule points it was trained with: each fractional
     STEP_KEY becomes the step it resolved to under the run's `old_steps` (a CDMAD already on stays on). Returns a
-    note per pinned key. prune.anneal is not pinned: annealing follows the new length (resume.RESUMABLE)."""
+    note per pinned key (none for the section of a method the run does not use, pinned all the same). prune.anneal
+    is not pinned: annealing follows the new length (resume.RESUMABLE)."""
     notes = []
     if cfg.train.steps == old_steps:
         return notes
@@ -136,7 +137,8 @@ def pin_fractions(cfg: RunConfig, old_steps: int) -> list[str]:
             step = to_step(value, old_steps)
             section, leaf = key.rsplit(".", 1)
             setattr(_get(cfg, section), leaf, step)
-            notes.append(f"{key}={value:g} stays at step {step} (its value in the run's {old_steps} steps)")
+            if section in ("debias", "optim") or section in cfg.debias.methods:  # silent for a method not used
+                notes.append(f"{key}={value:g} stays at step {step} (its value in the run's {old_steps} steps)")
     return notes
 
 

@@ -18,7 +18,8 @@ from dytrim.ssl import ALGORITHMS
 TINY = ["train.batch_size=8", "train.uratio=2", "train.steps=4", "train.eval_every=2", "train.progress=false",
         "train.device=cpu", "train.threads=1", "debias.start=0", "prune.cadence=epoch", "prune.epoch_steps=2",
         "prune.min_keep=1", "data.eval_subset=50", "saw.epoch_steps=2", "adsh.epoch_steps=2", "adsh.first_epoch=1",
-        "darp.warm=0", "darp.every=2", "daso.warm=2", "daso.pl_period=2", "acr.epoch_steps=1", "acr.est_epoch=0"]
+        "darp.warm=0", "darp.every=2", "daso.warm=2", "daso.pl_period=2", "acr.epoch_steps=1", "acr.est_epoch=0",
+        "crt.steps=2"]
 #   (DARP refines at steps 0 and 2, DASO blends from step 2, ACR estimates and adapts tau1 every step: the resume at
 #   step 2 crosses each method's periodic state)
 

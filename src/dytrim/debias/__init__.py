@@ -16,6 +16,7 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
   OR masks) and a second, logit-adjusted head with its own losses that predicts at test;
 - darp: the pseudo-label target and mask together (rows of a per-sample memory refined every 10 steps so that the
   pool's class distribution matches a target);
+- crt: a stage after the main one, a fresh classifier on the frozen backbone (labeled data, mixup, class weights);
 - dytrim: which samples enter (class-aware labeled pruning by π_θ(I), soft unlabeled pruning) and
   how strongly (1/r rescaling) — the sampling measure and the per-sample scale of K·G.
 """
@@ -25,6 +26,7 @@ from dytrim.debias import abc, adsh, debiaspl, saw  # noqa: F401  (baselines, re
 from dytrim.debias import daso  # noqa: F401  (registers itself)
 from dytrim.debias import acr  # noqa: F401  (registers itself)
 from dytrim.debias import darp  # noqa: F401  (registers itself)
+from dytrim.debias import crt  # noqa: F401  (registers itself; a stage after the main one)
 from dytrim.debias.registry import COMPONENTS, create_components
 
 __all__ = ["COMPONENTS", "create_components"]

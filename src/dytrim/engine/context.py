@@ -30,6 +30,13 @@ class Progress:
     samples_bwd: int = 0  # training images whose loss was back-propagated (labeled + strong views)
     samples_seen: int = 0  # labeled + unlabeled images drawn
 
+    def count(self, n_lb: int, n_ulb: int, n_strong: int) -> None:
+        """One update of a global batch of n_lb labeled and n_ulb unlabeled images (1 weak + n_strong views)."""
+        self.updates += 1
+        self.samples_seen += n_lb + n_ulb
+        self.samples_fwd += n_lb + n_ulb * (1 + n_strong)
+        self.samples_bwd += n_lb + n_ulb * n_strong
+
 
 def _one_process(t: torch.Tensor) -> torch.Tensor:
     """The gather of a run on one process: the tensor itself."""

@@ -104,6 +104,14 @@ class Dist:
         dist.all_gather(parts, t.contiguous())
         return torch.cat(parts)
 
+    def mean_losses(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`stats` with every loss* entry replaced by its mean over ranks (float64); unchanged on one process."""
+        if self.world == 1:
+            return stats
+        keys = [k for k in stats if k.startswith("loss")]
+        vals = self.gather(torch.stack([stats[k].double() for k in keys])[None]).mean(0)
+        return stats | dict(zip(keys, vals, strict=True))
+
     def gather_object(self, obj: Any) -> list[Any]:
         if self.world == 1:
             return [obj]

@@ -64,6 +64,13 @@ class EMATeacher:
         if decoupled_wd > 0 and self._student_float:
             torch._foreach_mul_(self._student_float, 1.0 - decoupled_wd)
 
+    @torch.no_grad()
+    def copy_from(self, model: nn.Module) -> None:
+        """The EMA model becomes a copy of `model` (every tensor of its state dict): a stage whose EMA is the
+        student."""
+        for name, t in self.model.state_dict().items():
+            t.copy_(model.state_dict()[name])
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
 

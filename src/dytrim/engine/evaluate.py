@@ -82,12 +82,13 @@ def evaluation_row(
 
 
 def metrics_row(step: int, evaluation: dict[str, Any], stats: dict[str, Any], wall_s: float, progress: Progress,
-                train_s: float) -> dict[str, Any]:
-    """One metrics.jsonl row: an evaluation of the EMA model plus the last step's losses and counters."""
+                train_s: float, stage: str | None = None) -> dict[str, Any]:
+    """One metrics.jsonl row: an evaluation of the EMA model plus the last step's losses and counters; a run with
+    stages names the row's `stage` after its step."""
     stats = {k: float(v) for k, v in stats.items()}  # the step's device scalars, read once here
     if not stats.pop("_has_truth", 1.0):
         stats.pop("pseudo_acc", None)
-    return {"step": step} | evaluation | {
+    return {"step": step} | ({"stage": stage} if stage else {}) | evaluation | {
         "lr": stats["lr"],
         "loss": round(stats["loss"], 5),
         **{k: round(v, 5) for k, v in stats.items() if k not in ("lr", "loss")},

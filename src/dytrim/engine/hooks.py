@@ -28,6 +28,7 @@ class Batch:
     x_ulb_w: torch.Tensor | None = None  # [Bu, C, H, W] weak view
     x_ulb_s: list[torch.Tensor] = field(default_factory=list)  # n_strong x [Bu, C, H, W]
     w_ulb: torch.Tensor | None = None  # [Bu]
+    t_lb: torch.Tensor | None = None  # [B, C] soft labeled targets (mixup) instead of one_hot(y_lb); None: one-hot
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Component:
 
     Built by its registered factory as `factory(cfg, ctx)`: the run's config (a component reads its own section)
     and the `RunContext` (engine/context.py), which is all it sees of the run.
-    Order within a step: [the loop's probe z(I), if `uses_probe`] -> before_step -> (samplers) -> weight ->
+    Order within a step: [the loop's probe z(I), if `uses_probe`] -> before_step -> (samplers) -> transform_labeled
+    -> weight ->
     (forward) -> pseudo_logits -> (the SSL base's targets and mask) -> pseudo_targets -> weight_unlabeled ->
     train_logits -> (losses) -> loss_terms -> (backward, optimiser, EMA) -> observe -> clock_rate. At evaluation:
     the raw logits come from the model's head or from the head named by `eval_head`; then eval_logits, chained
@@ -80,6 +82,11 @@ class Component:
         """Auxiliary heads on the penultimate features, by name; the loop attaches them to the model (so they are
         in the optimiser, the EMA teacher, DDP averaging and checkpoints). Called once, before training."""
         return {}
+
+    def stages(self) -> list[Any]:
+        """Stages this component runs after the main one (engine/stages.py `Stage`, e.g. cRT); its hooks then run
+        only in them, and the main stage runs without it. Called once, before training."""
+        return []
 
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> Any | None:
         """Replace the labeled sampler (re-sampling); None keeps the default epoch sampler."""
@@ -103,6 +110,10 @@ class Component:
     def train_logits(self, logits: torch.Tensor, labeled: bool, step: int) -> torch.Tensor:
         """Adjust logits that enter a training loss (logit-adjusted loss)."""
         return logits
+
+    def transform_labeled(self, batch: Batch, step: int) -> None:
+        """Replace the labeled inputs batch.x_lb and give soft targets batch.t_lb, before anything else of the step
+        function (cRT's input mixup)."""
 
     def weight(self, batch: Batch, step: int) -> None:
         """Scale batch.w_lb / batch.w_ulb in place (re-weighting, soft pruning)."""

@@ -9,6 +9,9 @@ function (engine/step.py: [weight] -> forward passes (logits; penultimate featur
 Evaluation uses the EMA model (through a component's head if one names `eval_head`); [eval_logits] give the
 debiased predictions, and every evaluation probes the baseline image. Components' heads are part of the model
 (engine/components.py), so the optimiser, EMA, DDP averaging and checkpoints hold them.
+Stages (engine/stages.py): a run is its main stage (train.steps) and the stages components declare (cRT); at the
+first step of a stage, before its probe and before_step, the loop switches weights, head, frozen parameters,
+optimiser and the hooks that run (the stage owner's); the step above is then the stage's step.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from dytrim.engine.hooks import Batch, Component
 from dytrim.engine.optim import lr_at, set_lr
 from dytrim.engine.probe import step_probe
 from dytrim.engine.sampler import EpochSampler
+from dytrim.engine.stages import LabeledOnly, StagePlan
 from dytrim.engine.step import PseudoLabeler, StepFunction, make_views
 from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.engine.tensorboard import TensorBoardLog
@@ -62,14 +66,16 @@ class Trainer:
         self.pretrained, self.precision, self.compiled = parts.pretrained, parts.precision, parts.compiled
         self.progress = ctx.progress
         cfg, d = self.cfg, self.data
-        self.step_fn = StepFunction(ssl, self.components, d.num_classes, cfg.ssl.lambda_u, self.dist, cfg.ssl.ce_eps)
-        self.uses_probe = any(c.uses_probe for c in self.components)  # no component asks: no probe forward
+        self.plan = StagePlan(self.components, cfg.train.steps)  # stages after the main one (engine/stages.py)
+        self.active = self.plan.main  # the components whose hooks run in the current stage
+        self.step_fn = StepFunction(ssl, self.active, d.num_classes, cfg.ssl.lambda_u, self.dist, cfg.ssl.ce_eps)
+        self.uses_probe = any(c.uses_probe for c in self.active)  # no component asks: no probe forward
         lb_seed = cfg.seed * 1000 + 1
-        custom = [s for c in self.components
+        custom = [s for c in self.active
                   if (s := c.labeled_sampler(d.y_train[d.lb_idx], cfg.train.batch_size, lb_seed))]
         self.lb_sampler = custom[0] if custom else EpochSampler(len(d.lb_idx), cfg.train.batch_size, lb_seed)
         ulb_seed, ulb_bs = cfg.seed * 1000 + 2, max(1, cfg.train.batch_size * cfg.train.uratio)
-        custom = [s for c in self.components if (s := c.unlabeled_sampler(len(d.ulb_idx), ulb_bs, ulb_seed))]
+        custom = [s for c in self.active if (s := c.unlabeled_sampler(len(d.ulb_idx), ulb_bs, ulb_seed))]
         self.ulb_sampler = custom[0] if custom else EpochSampler(len(d.ulb_idx), ulb_bs, ulb_seed)
         aug_seed = cfg.seed * 1000 + 3 + 7919 * self.dist.rank  # per-rank augmentation, reproducible
         self.aug_gen = torch.Generator(device=self.device).manual_seed(aug_seed)
@@ -98,34 +104,39 @@ class Trainer:
     def updates(self) -> int:
         return self.progress.updates
 
+    def _enter_stage(self, k: int) -> None:
+        """Switch to stage k (engine/stages.py): its weights, head, trained parameters and optimiser, its hooks (the
+        owner's) and its SSL side. Deterministic, so every process and a resume do the same."""
+        self.optimizer = self.plan.enter(k, self.model, self.ema, self.cfg.seed)
+        st, self.active = self.plan.stages[k - 1], [self.plan.owners[k - 1]]
+        ssl = self.ssl if st.unlabeled else LabeledOnly()
+        self.step_fn = StepFunction(ssl, self.active, self.data.num_classes, self.cfg.ssl.lambda_u, self.dist,
+                                    st.ce_eps)
+        self.uses_probe = any(c.uses_probe for c in self.active)
+
     # ------------------------------------------------------------------ one step
     def _views(self) -> Batch:
         """Positions from the samplers (each draws the global batch; this rank keeps its slice), then the views."""
         lb_pos = self.dist.shard(self.lb_sampler.next()).to(self.device)
-        ulb_pos = self.dist.shard(self.ulb_sampler.next()).to(self.device) if self.ssl.uses_unlabeled else None
+        ulb_pos = (self.dist.shard(self.ulb_sampler.next()).to(self.device) if self.step_fn.ssl.uses_unlabeled
+                   else None)
         return make_views(self.data, lb_pos, ulb_pos, self.aug_gen, self.cfg.aug, self.cfg.ssl.n_strong)
 
     def train_step(self) -> dict[str, float]:
-        """One update: [probe z(I)] -> [before_step] -> views -> the step function -> backward, optimiser, EMA ->
-        [observe] -> the clock advances."""
+        """One update: [stage switch] -> [probe z(I)] -> [before_step] -> views -> the step function -> backward,
+        optimiser, EMA -> [observe] -> the clock advances."""
         cfg, step, p = self.cfg, self.step, self.progress
+        while self.plan.next_due(step):
+            self._enter_stage(self.plan.index + 1)
         if self.uses_probe:  # train-mode z(I), no gradient; like the reference it moves the BN running buffers
             self.ctx.z_I = step_probe(self.model, self.ctx.baseline)
-        for c in self.components:
+        for c in self.active:
             c.before_step(step)
         batch = self._views()
         res = self.step_fn.run(batch, self._forward, step)
         loss = res.loss
-        stats = {"loss_x": res.loss_lb.detach().mean()}  # device scalars: read at evaluation, not per step
-        stats |= {f"loss_{k}": v for k, v in res.terms.items()}  # the components' extra terms, by name
+        stats = res.stats(self.data.y_train, self.data.ulb_idx)  # device scalars: read at evaluation, not per step
         out = res.output()
-        if res.targets is not None and res.mask is not None and res.loss_u is not None:
-            true_u = self.data.y_train[self.data.ulb_idx[res.ulb_pos]]  # -1 = unknown (your own unlabeled folder)
-            hit = (res.targets.argmax(-1) == true_u).float()
-            known = res.mask * (true_u >= 0).float()
-            stats |= {"loss_u": res.loss_u, "mask_rate": res.mask.mean(),
-                      "pseudo_acc": (hit * known).sum() / known.sum().clamp_min(1e-12),
-                      "_has_truth": (true_u >= 0).any()}  # pseudo_acc is logged only where labels are known
         obs_batch = batch
         if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch
             obs_batch, out = global_view(self.dist, batch, out, res.ulb_pos)
@@ -133,29 +144,26 @@ class Trainer:
         bad = ~torch.isfinite(loss.detach())
         self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
         self._bad_loss = torch.where(bad & torch.isfinite(self._bad_loss), loss.detach().double(), self._bad_loss)
-        lr = lr_at(step, cfg.train.steps, cfg.optim)
+        stage = self.plan.current
+        lr = lr_at(step, cfg.train.steps, cfg.optim) if stage is None else stage.lr
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.average_gradients(self.model)
         self.optimizer.step()
         self.dist.average_buffers(self.model)
-        self.ema.update(self.model, cfg.optim.ema_wd * lr)
-        for c in self.components:
+        if stage is not None and stage.ema == "student":
+            self.ema.copy_from(self.model)
+        else:
+            self.ema.update(self.model, cfg.optim.ema_wd * lr)
+        for c in self.active:
             c.observe(obs_batch, out, step)
-        p.clock += max((c.clock_rate() for c in self.components), default=1.0)
-        p.step = min(int(p.clock + 1e-9), cfg.train.steps)
-        p.updates += 1
-        n_lb, n_ulb = len(obs_batch.lb_pos), (len(obs_batch.ulb_pos) if obs_batch.ulb_pos is not None else 0)
-        p.samples_seen += n_lb + n_ulb
-        p.samples_fwd += n_lb + n_ulb * (1 + len(batch.x_ulb_s))
-        p.samples_bwd += n_lb + n_ulb * len(batch.x_ulb_s)
+        p.clock += max((c.clock_rate() for c in self.active), default=1.0)
+        p.step = min(int(p.clock + 1e-9), self.plan.end)  # a stage ends at its last step
+        p.count(len(obs_batch.lb_pos), len(obs_batch.ulb_pos) if obs_batch.ulb_pos is not None else 0,
+                len(batch.x_ulb_s))
         stats["loss"] = loss.detach()
-        if self.dist.world > 1:  # losses: mean over ranks (the global-batch loss)
-            keys = [k for k in stats if k.startswith("loss")]
-            vals = self.dist.gather(torch.stack([stats[k].double() for k in keys])[None]).mean(0)
-            stats |= dict(zip(keys, vals, strict=True))
-        return stats | {"lr": lr}
+        return self.dist.mean_losses(stats) | {"lr": lr}  # losses: mean over ranks (the global-batch loss)
 
     def _check_finite(self) -> None:
         """Stop (every rank) if any step since the last check had a non-finite loss; one host read per check."""
@@ -171,10 +179,10 @@ class Trainer:
         """EMA-model metrics on the test set (or the fixed subset), raw and per debiasing component."""
         d, cfg = self.data, self.cfg
         idx = torch.arange(len(d.y_test), device=self.device) if full else d.eval_idx
-        model = eval_model(self.ema.model, self.components)  # the EMA model, or it through a component's head
+        model = eval_model(self.ema.model, self.active)  # the EMA model, or it through a component's head
         logits = predict_shared(model, d.x_test, idx, d.mean, d.std, self.dist, cfg.train.eval_batch_size,
                                 cfg.model.channels_last)
-        row = evaluation_row(logits, d.y_test[idx], d.split.lb_counts, self.components, self.ema.model,
+        row = evaluation_row(logits, d.y_test[idx], d.split.lb_counts, self.active, self.ema.model,
                              self.ctx.baseline, self.ctx.lb_prior)
         if self.dist.world > 1:  # every rank must hold the same weights, algorithm state and kept sets
             row["ranks_in_sync"] = len(set(self.dist.gather_object(self._fingerprint()))) == 1
@@ -208,7 +216,7 @@ class Trainer:
             "rng_ranks": self.dist.gather_object(rng) if self.dist.world > 1 else None,
             "config": self.cfg.to_dict(),
             "data_files": self.data.files,  # the data check of --resume holds without run.json
-        }
+        } | ({"stage": self.plan.index} if self.plan else {})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         p = self.progress
@@ -218,6 +226,9 @@ class Trainer:
         p.updates = int(state.get("updates", p.step))
         p.samples_fwd, p.samples_bwd = int(state.get("samples_fwd", 0)), int(state.get("samples_bwd", 0))
         self.ctx.z_I = state.get("probe_z_I")
+        if stage := int(state.get("stage", 0)):  # the stage's head, frozen parameters and optimiser, then its state
+            self.plan.check_resume(stage, state["config"]["train"]["steps"], self.cfg.train.steps)
+            self._enter_stage(stage)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -278,7 +289,7 @@ class Trainer:
             row = {"step": self.step} | self.evaluate() | {"reevaluated_on_resume": True}  # an older checkpoint
             if main:  # lacks its step's row: the restored EMA model is evaluated again (no RNG, no training state)
                 metrics_log.append_row(metrics_path, row)
-        t_total = cfg.train.steps
+        t_total = self.plan.total  # train.steps, plus the declared stages' steps
         every = cfg.train.eval_every
         bar = tqdm(total=t_total, initial=self.step, disable=not (cfg.train.progress and main),
                    desc=cfg.preset or "train",
@@ -301,14 +312,14 @@ class Trainer:
                 if evaluating:
                     wall = time.perf_counter() - start_wall
                     row = self._eval_row = metrics_row(self.step, self.evaluate(), stats, wall, self.progress,
-                                                       self.train_s)
+                                                       self.train_s, self.plan.name if self.plan else None)
                     if main:  # fsynced before any checkpoint of this step is written
                         metrics_log.append_row(metrics_path, row)
                     if tb is not None:
                         tb.write(row)
                     debiased = {"bacc_deb": percent(row["bacc_debiased"])} if "bacc_debiased" in row else {}
                     bar.set_postfix(bacc=percent(row["bacc"]), **debiased, gm=percent(row["gm"]),
-                                    loss=f"{row['loss']:.3f}")
+                                    loss=f"{row['loss']:.3f}", **self.plan.postfix())
                 if checkpointing:
                     self.wall_s = time.perf_counter() - start_wall
                     state = self.state_dict()  # collective: every rank's RNG states
@@ -325,9 +336,11 @@ class Trainer:
             return {"steps": self.step, "wall_s": round(self.wall_s, 2), "rank": self.dist.rank}
         rows = metrics_log.read_rows(metrics_path)
         p = self.progress
-        summary = runlog.write_summary(out, rows, self.wall_s, self.train_s, self.step, full_test, {
-            "images_per_s": round(p.samples_seen / max(self.train_s, 1e-9), 2), "updates": p.updates,
-            "samples_fwd": p.samples_fwd, "samples_bwd": p.samples_bwd})
+        counters = {"images_per_s": round(p.samples_seen / max(self.train_s, 1e-9), 2), "updates": p.updates,
+                    "samples_fwd": p.samples_fwd, "samples_bwd": p.samples_bwd} | self.plan.counters()
+        # the result of a run with stages is its last stage's: last, best and means over that stage's evaluations
+        summary = runlog.write_summary(out, self.plan.summary_rows(rows), self.wall_s, self.train_s, self.step,
+                                       full_test, counters)
         runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts,
                            subset=full_test is not None)
         for c in self.components:

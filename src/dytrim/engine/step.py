@@ -1,12 +1,12 @@
 """The one step function: from a batch's views to its loss, through the components' hooks in their fixed order.
 
-Training (engine/loop.py) and the analysis tools (dytrim/dynamics) both call it, so the hook order is written
-once: [weight] -> forward (weak unlabeled without gradient, labeled, each strong view; logits, and penultimate
-features when a component asks) -> [train_logits] on the labeled logits -> [pseudo_logits] -> pseudo-labels (SSL
-base) -> [pseudo_targets] -> [weight_unlabeled] -> [train_logits] on each strong view -> per-sample soft
-cross-entropies x weights -> [loss_terms] (named extra terms). Who draws the batch, how the forward runs
-(precision, BN mode, compiled or not) and what happens to the loss (backward, or a gradient decomposition) is the
-caller's.
+Training (engine/loop.py) and the analysis tools (dytrim/dynamics) both call it, so the hook order is written once:
+[transform_labeled] -> [weight] -> forward (weak unlabeled without gradient, labeled, each strong view; logits, and
+penultimate features when a component asks) -> [train_logits] on the labeled logits -> [pseudo_logits] ->
+pseudo-labels (SSL base) -> [pseudo_targets] -> [weight_unlabeled] -> [train_logits] on each strong view ->
+per-sample soft cross-entropies x weights -> [loss_terms] (named extra terms). Who draws the batch, how the forward
+runs (precision, BN mode, compiled or not) and what happens to the loss (backward, or a gradient decomposition) is
+the caller's.
 """
 
 from __future__ import annotations
@@ -78,6 +78,19 @@ class StepResult:
     ulb_pos: torch.Tensor | None  # [global Bu] unlabeled positions
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the components' extra loss terms (detached)
 
+    def stats(self, y_train: torch.Tensor, ulb_idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The step's logged scalars (device tensors): loss_x, the components' terms as loss_<name> and, with
+        unlabeled data, loss_u, mask_rate and pseudo_acc (against the true labels where known: -1 = unknown)."""
+        stats = {"loss_x": self.loss_lb.detach().mean()} | {f"loss_{k}": v for k, v in self.terms.items()}
+        if self.targets is not None and self.mask is not None and self.loss_u is not None:
+            true_u = y_train[ulb_idx[self.ulb_pos]]  # -1 = unknown (your own unlabeled folder)
+            hit = (self.targets.argmax(-1) == true_u).float()
+            known = self.mask * (true_u >= 0).float()
+            stats |= {"loss_u": self.loss_u, "mask_rate": self.mask.mean(),
+                      "pseudo_acc": (hit * known).sum() / known.sum().clamp_min(1e-12),
+                      "_has_truth": (true_u >= 0).any()}  # pseudo_acc is logged only where labels are known
+        return stats
+
     def output(self) -> StepOutput:
         """The per-sample view handed to `observe` (this process's losses; global targets and mask)."""
         loss_ulb = self.loss_ulb.detach() if self.loss_ulb is not None else None
@@ -102,13 +115,16 @@ class StepFunction:
         self.ce_eps = ce_eps  # ssl.ce_eps: 0 = exact log_softmax, 1e-8 = the reference code's log(softmax + 1e-8)
         self.with_features = any(c.uses_features for c in self.components)
 
-    def supervised_loss(self, logits_lb: torch.Tensor, y_lb: torch.Tensor, step: int) -> torch.Tensor:
-        """[B] unweighted cross-entropy of the labeled logits after the train_logits hooks."""
+    def supervised_loss(self, logits_lb: torch.Tensor, y_lb: torch.Tensor, step: int,
+                        t_lb: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] unweighted cross-entropy of the labeled logits after the train_logits hooks, against one_hot(y_lb)
+        or the soft targets `t_lb` a transform_labeled hook gave."""
         for c in self.components:
             logits_lb = c.train_logits(logits_lb, True, step)
         logits_lb = _wide(logits_lb)
-        y_onehot = torch.nn.functional.one_hot(y_lb, self.num_classes).to(logits_lb.dtype)
-        return soft_cross_entropy(logits_lb, y_onehot, self.ce_eps)
+        if t_lb is None:
+            t_lb = torch.nn.functional.one_hot(y_lb, self.num_classes)
+        return soft_cross_entropy(logits_lb, t_lb.to(logits_lb.dtype), self.ce_eps)
 
     def consistency_loss(
         self, logits_s: Sequence[torch.Tensor], targets: torch.Tensor, mask: torch.Tensor, step: int
@@ -158,10 +174,12 @@ class StepFunction:
         """Hooks, forward passes, pseudo-labels and the loss of one batch (the weights in `batch` are updated)."""
         assert self.ssl is not None, "a step needs an SSL base"
         for c in self.components:
+            c.transform_labeled(batch, step)
+        for c in self.components:
             c.weight(batch, step)
         if not self.ssl.uses_unlabeled:
             outs, feats = self._views(forward, [batch.x_lb], [True])
-            loss_lb = self.supervised_loss(outs[0], batch.y_lb, step)
+            loss_lb = self.supervised_loss(outs[0], batch.y_lb, step, batch.t_lb)
             terms = self._terms(Views(outs[0], feats_lb=feats[0] if feats else None), batch, None, None, step)
             loss = (loss_lb * batch.w_lb).mean()
             for value in terms.values():
@@ -172,7 +190,7 @@ class StepFunction:
         n_s = len(batch.x_ulb_s)  # reference order: weak unlabeled (no grad), then labeled, then each strong view
         outs, feats = self._views(forward, [batch.x_ulb_w, batch.x_lb, *batch.x_ulb_s], [False] + [True] * (n_s + 1))
         logits_w, logits_lb, logits_s = outs[0].detach(), outs[1], outs[2:]
-        loss_lb = self.supervised_loss(logits_lb, batch.y_lb, step)
+        loss_lb = self.supervised_loss(logits_lb, batch.y_lb, step, batch.t_lb)
         loss: Any = (loss_lb * batch.w_lb).mean()
         # pseudo-labels of the global batch on every rank, so thresholds and class status stay in sync
         raw_g, ulb_pos_g = self.dist.gather(logits_w), self.dist.gather(batch.ulb_pos)

@@ -46,6 +46,8 @@ def run_value(run: Path, metric: Metric) -> tuple[float | None, str]:
     if summary is None:
         return None, "not finished"
     rows = _rows(run)
+    if rows and "stage" in rows[-1]:  # a run in stages is measured by its last stage (engine/stages.py)
+        rows = [r for r in rows if r.get("stage") == rows[-1]["stage"]]
     for key in (metric.key, metric.fallback):
         if not key:
             continue

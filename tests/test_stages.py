@@ -73,6 +73,10 @@ def test_rows_name_their_stage_and_the_summary_is_the_last_stages(tmp_path) -> N
     assert summary["bacc"]["last"] == rows[-1]["bacc"]
     assert summary["bacc"]["best"] == max(r["bacc"] for r in rows[2:])  # over the stage's evaluations only
     assert all(r["lr"] == 0.002 for r in rows[2:])
+    from dytrim.report.runs import read_run
+
+    record = read_run(out)  # the report reads the summary as the run's (the last stage's), not as stale
+    assert record.summary and not any("does not match" in n for n in record.notes)
 
 
 @pytest.mark.parametrize("stop_at", [6, 8], ids=["at-the-switch", "inside-the-stage"])

@@ -89,8 +89,11 @@ def test_local_sweep_end_to_end(swept) -> None:
     assert collected.returncode == 0, collected.stderr
     md = (out / "results" / "tiny.md").read_text()
     assert "(n=2)" in md and "| FixMatch |" in md and "bacc (%), last evaluation" in md
-    for ext in ("csv", "tex", "html", "json"):
+    for ext in ("csv", "tex", "html", "json", "png"):
         assert (out / "results" / f"tiny.{ext}").exists()
+    page = (out / "results" / "tiny.html").read_text()  # dytrim report's figures per column: curves, recall
+    for name in ("tiny-col0-curves.png", "tiny-col0-recall.png"):
+        assert (out / "results" / name).stat().st_size > 0 and f'src="{name}"' in page
 
 
 def test_second_run_submits_nothing(swept) -> None:

@@ -180,13 +180,43 @@ def per_seed_csv(records: list[dict[str, Any]], metric: Metric) -> str:
     return f"# metric: {metric.describe()}\n" + buf.getvalue()
 
 
-def html_page(table: Table, groups: dict[tuple[str, str], Aggregate], figure: str | None) -> str:
+def cell_figures(out: Path, table: Table, res: Path) -> list[tuple[str, str]]:
+    """`dytrim report`'s figures per column: bACC / GM curves and the final per-class recall of each row's first
+    finished seed; (caption, file name in `res`) of each figure written."""
+    from dytrim.config import ConfigError
+    from dytrim.report.plots import plot_curves, plot_recall
+    from dytrim.report.runs import read_run
+
+    figures = []
+    for j, column in enumerate(table.columns):
+        records = []
+        for row in table.rows:
+            cells = sorted((c for c in table.cells if (c.row, c.column) == (row, column)), key=lambda c: c.seed)
+            done = [c for c in cells if state.classify(state.cell_dir(out, c)).state == "done"]
+            try:
+                records += [read_run(state.cell_dir(out, done[0]), name=f"{row} (seed {done[0].seed})")] if done else []
+            except ConfigError:
+                continue
+        if not records:
+            continue
+        stem = f"{table.name}-col{j}"
+        plot_curves(records, res / f"{stem}-curves.png")
+        plot_recall(records, res / f"{stem}-recall.png")
+        figures += [(f"{column}: bACC and GM over training (first finished seed of each row)", f"{stem}-curves.png"),
+                    (f"{column}: per-class recall of the final model", f"{stem}-recall.png")]
+    return figures
+
+
+def html_page(table: Table, groups: dict[tuple[str, str], Aggregate], figure: str | None,
+              more: list[tuple[str, str]] = ()) -> str:
     d = table.metric.digits
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = "\n".join("<tr><th>" + html.escape(r) + "</th>" + "".join(
         f"<td>{html.escape(cell_text(groups[(r, c)], d))}</td>" for c in table.columns) + "</tr>" for r in table.rows)
     notes = "".join(f"<p>{html.escape(x)}</p>" for x in _notes(table) if x)
     fig = f'<p><img src="{html.escape(figure)}" alt="{html.escape(table.title)}"></p>' if figure else ""
+    fig += "".join(f'<h3>{html.escape(c)}</h3><p><img src="{html.escape(f)}" alt="{html.escape(c)}"></p>'
+                   for c, f in more)
     return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(table.title)}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px}caption{caption-side:bottom;text-align:left;"
@@ -237,7 +267,9 @@ def collect(out: Path, table: Table, figure: bool = True) -> dict[str, Path]:
     png = plot(table, groups, stem.with_suffix(".png")) if figure else None
     if png:
         paths["png"] = png
-    atomic_write_text(paths["html"], html_page(table, groups, png.name if png else None))
+    more = cell_figures(out, table, res) if figure else []
+    paths |= {f"figure{i}": res / name for i, (_, name) in enumerate(more)}
+    atomic_write_text(paths["html"], html_page(table, groups, png.name if png else None, more))
     return paths
 
 

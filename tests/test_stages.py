@@ -18,7 +18,9 @@ import torch
 from dytrim.cli import main
 from dytrim.config import load_config
 from dytrim.engine.checkpoint import save_checkpoint
+from dytrim.engine.hooks import Component
 from dytrim.engine.runlog import read_rows
+from dytrim.engine.stages import Stage
 from dytrim.factory import build_trainer
 
 SETS = ["debias.methods=crt", "train.steps=6", "crt.steps=6", "train.eval_every=3", "train.batch_size=8",
@@ -162,3 +164,30 @@ def test_two_processes_resume_inside_the_stage_exactly(tmp_path) -> None:
     rows = read_rows(straight / "metrics.jsonl")
     assert all(r["ranks_in_sync"] for r in rows) and {r["stage"] for r in rows} == {"main", "crt"}
     assert _metrics(stopped) == _metrics(straight)
+
+
+class _SecondPhase(Component):
+    """A test component (no registration) that declares a stage with the other options: from the student as it is,
+    every parameter trained, the SSL base and its unlabeled batches, the usual EMA teacher."""
+
+    name = "second_phase"
+
+    def stages(self) -> list[Stage]:
+        return [Stage("phase2", 3, lr=0.001, unlabeled=True)]
+
+
+def test_a_stage_that_keeps_the_student_trains_everything_and_reads_unlabeled_data(tmp_path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = load_config("mnist-lt-fixmatch", [*[s for s in SETS if not s.startswith("debias.methods")]])
+        t = build_trainer(cfg, tmp_path / "r", extra_components=[_SecondPhase()])
+    for _ in range(6):
+        t.train_step()
+    student = _state(t.model)
+    stats = t.train_step()
+    assert t.plan.name == "phase2" and "loss_u" in stats and stats["lr"] == 0.001
+    assert all(p.requires_grad for p in t.model.parameters())
+    assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == {id(p) for p in t.model.parameters()}
+    assert not torch.equal(_state(t.model)["head.weight"], student["head.weight"])  # trained on from the student
+    ema, now = t.ema.model.state_dict(), t.model.state_dict()
+    assert not torch.equal(ema["head.weight"], now["head.weight"])  # the EMA teacher still averages

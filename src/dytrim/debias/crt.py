@@ -86,8 +86,8 @@ class CRT(Component):
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed * 1_000_003 + zlib.crc32(b"crt")))
 
     def stages(self) -> list[Stage]:
-        return [Stage("crt", self.steps, start_from="ema", new_head=True, trains="head", optimizer="adam",
-                      lr=self.lr, unlabeled=False, ema="student", ce_eps=0.0)]
+        return [Stage("crt", self.steps, start_from="ema", new_head=True, trains="head", lr=self.lr, unlabeled=False,
+                      ema="student", ce_eps=0.0)]
 
     def draw(self, n: int) -> tuple[float, torch.Tensor]:
         """This step's λ (max(λ, 1 − λ) of a Beta(α, α) draw; 1 without mixup) and permutation of n samples."""

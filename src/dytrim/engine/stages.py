@@ -3,8 +3,8 @@ that components declare (`Component.stages()`), each with its own step budget an
 
 A stage after the main one says where its weights start (the student as it is, or the EMA model's weights),
 whether the classifier `head` is re-initialised, which parameters it trains (all, or the head with the rest
-frozen: no gradient, though BN running statistics still move in train mode, as DARP's cRT), its optimiser and
-constant learning rate, whether it reads unlabeled data (the SSL base), and what the EMA model is during it
+frozen: no gradient, though BN running statistics still move in train mode, as DARP's cRT), its constant learning
+rate (a fresh Adam), whether it reads unlabeled data (the SSL base), and what the EMA model is during it
 (`track`: the usual teacher; `student`: a copy of the student, so evaluation, `dytrim eval` and `export` read
 the stage's model, as the reference evaluates the raw model). Only the owning component's hooks run in its stage;
 the main stage runs every component that declares no stage. The step clock runs on across stages (stage k covers
@@ -23,8 +23,7 @@ from torch import nn
 
 from dytrim.config import ConfigError
 
-CHOICES = {"start_from": ("student", "ema"), "trains": ("all", "head"), "ema": ("track", "student"),
-           "optimizer": ("adam", "sgd")}
+CHOICES = {"start_from": ("student", "ema"), "trains": ("all", "head"), "ema": ("track", "student")}
 
 
 @dataclass(frozen=True)
@@ -36,8 +35,7 @@ class Stage:
     start_from: str = "student"  # "ema": the student (and its EMA) start from the EMA model's weights
     new_head: bool = False  # the classifier `head` re-initialised: Xavier-normal weight, zero bias
     trains: str = "all"  # "head": only the classifier is trained, every other parameter frozen
-    optimizer: str = "adam"  # a fresh optimiser over the trained parameters, no weight decay
-    lr: float = 0.002  # constant within the stage
+    lr: float = 0.002  # a fresh Adam over the trained parameters, this constant LR, no weight decay
     unlabeled: bool = False  # True: the SSL base and its unlabeled batches take part
     ema: str = "track"  # "student": the EMA model is the student during the stage
     ce_eps: float = 0.0  # the stage's cross-entropy: 0 = exact log_softmax
@@ -92,10 +90,8 @@ def trained_parameters(model: nn.Module, trains: str) -> list[nn.Parameter]:
 
 
 def stage_optimizer(params: list[nn.Parameter], stage: Stage) -> torch.optim.Optimizer:
-    """A fresh optimiser of the stage over `params` (no weight decay, the stage's constant LR)."""
-    if stage.optimizer == "adam":
-        return torch.optim.Adam(params, lr=stage.lr)
-    return torch.optim.SGD(params, lr=stage.lr, momentum=0.9, nesterov=True)
+    """The stage's fresh Adam over `params` (no weight decay, the stage's constant LR)."""
+    return torch.optim.Adam(params, lr=stage.lr)
 
 
 def boundaries(main_steps: int, stages: list[Stage]) -> list[int]:

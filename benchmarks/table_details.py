@@ -16,7 +16,7 @@ from typing import Any
 
 from dytrim.sweep import state
 from dytrim.sweep.collect import run_value
-from dytrim.sweep.table import Metric, load_table
+from dytrim.sweep.table import Metric, find_table, load_table
 
 KEYS = ("bacc", "gm", "bacc_debiased", "gm_debiased")
 
@@ -42,7 +42,7 @@ def _mean_std(values: list[float]) -> str:
 
 def details(table_path: str, out: Path, seeds: list[int] | None, reference: str) -> str:
     """The Markdown of the details of every row of `table_path` swept into `out`."""
-    table = load_table(table_path, seeds=seeds)
+    table = load_table(find_table(table_path), seeds=seeds)  # a file, or the name of a shipped table
     rows: dict[str, dict[str, Any]] = {}
     for cell in table.cells:
         d = state.cell_dir(out, cell)

@@ -145,10 +145,10 @@ def test_two_processes_resume_inside_the_stage_exactly(tmp_path) -> None:
 
     sets = [x for s in [*SETS, "crt.steps=40", "train.ckpt_every=1"] for x in ("--set", s)]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    res = subprocess.run(torchrun("--preset", "mnist-lt-fixmatch", *sets, "--out", str(straight), port=29531),
+    res = subprocess.run(torchrun("--preset", "mnist-lt-fixmatch", *sets, "--out", str(straight), port=29561),
                          env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    proc = subprocess.Popen(torchrun("--preset", "mnist-lt-fixmatch", *sets, "--out", str(stopped), port=29532),
+    proc = subprocess.Popen(torchrun("--preset", "mnist-lt-fixmatch", *sets, "--out", str(stopped), port=29562),
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -158,7 +158,7 @@ def test_two_processes_resume_inside_the_stage_exactly(tmp_path) -> None:
     proc.send_signal(signal.SIGTERM)  # torchrun passes it to both workers: each stops at a step boundary
     proc.wait(timeout=120)
     assert not (stopped / "summary.json").exists(), "the run ended before the signal"
-    res = subprocess.run(torchrun("--resume", str(stopped), port=29533), env=ENV, capture_output=True, text=True,
+    res = subprocess.run(torchrun("--resume", str(stopped), port=29563), env=ENV, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_rows(straight / "metrics.jsonl")

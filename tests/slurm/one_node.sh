@@ -7,7 +7,8 @@ set -euo pipefail
 conf_dir=/etc/slurm
 case "${1:-start}" in
 stop)
-    pkill -x slurmd || true; pkill -x slurmctld || true; pkill -x munged || true
+    scancel --full --quiet --user="$(id -un)" 2>/dev/null || true  # no job step outlives the test
+    pkill -x slurmd || true; pkill -x slurmctld || true; pkill -x munged || true; pkill -f "^slurmstepd" || true
     exit 0 ;;
 start) ;;
 *) echo "usage: $0 start|stop" >&2; exit 2 ;;

@@ -79,6 +79,11 @@ def test_rows_name_their_stage_and_the_summary_is_the_last_stages(tmp_path) -> N
 
     record = read_run(out)  # the report reads the summary as the run's (the last stage's), not as stale
     assert record.summary and not any("does not match" in n for n in record.notes)
+    from dytrim.engine.runlog import stage_starts
+
+    assert stage_starts(summary["stages"]) == [(6, "crt")]  # the marker of the curves (curves.png, the report)
+    assert (out / "curves.png").stat().st_size > 0
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
 
 
 @pytest.mark.parametrize("stop_at", [6, 8], ids=["at-the-switch", "inside-the-stage"])

@@ -342,7 +342,7 @@ class Trainer:
         summary = runlog.write_summary(out, self.plan.summary_rows(rows), self.wall_s, self.train_s, self.step,
                                        full_test, counters)
         runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts,
-                           subset=full_test is not None)
+                           subset=full_test is not None, stages=counters.get("stages"))
         for c in self.components:
             c.on_finish(out, rows)
         self.dist.barrier()

@@ -165,13 +165,14 @@ def final_table(summary: dict[str, Any]) -> list[str]:
 
 def plot_curves(
     rows: list[dict[str, Any]], path: Path, title: str, classes: list[str], lb_counts: list[int],
-    subset: bool = False,
+    subset: bool = False, stages: dict[str, int] | None = None,
 ) -> None:
     """bACC and GM (raw and, where present, debiased) against steps, plus the last per-class recall
-    with each class's full name and labeled count under its bar; `subset`: the evaluations used the test subset."""
+    with each class's full name and labeled count under its bar; `subset`: the evaluations used the test subset;
+    `stages` (summary.json's, name -> steps in run order): a marker at the start of every stage after the main one."""
     if not rows:
         return
-    fig = curves_figure(rows, title, classes, lb_counts, subset)
+    fig = curves_figure(rows, title, classes, lb_counts, subset, stages)
     import matplotlib.pyplot as plt
 
     try:
@@ -180,8 +181,18 @@ def plot_curves(
         plt.close(fig)
 
 
+def stage_starts(stages: dict[str, int] | None) -> list[tuple[int, str]]:
+    """(first step, name) of every stage after the main one, from summary.json's `stages` (name -> steps, in order)."""
+    out, start = [], 0
+    for i, (name, steps) in enumerate((stages or {}).items()):
+        if i:
+            out.append((start, name))
+        start += int(steps)
+    return out
+
+
 def curves_figure(rows: list[dict[str, Any]], title: str, classes: list[str], lb_counts: list[int],
-                  subset: bool = False) -> Any:
+                  subset: bool = False, stages: dict[str, int] | None = None) -> Any:
     """The matplotlib Figure of `plot_curves` (the caller closes it)."""
     import matplotlib
 
@@ -195,6 +206,9 @@ def curves_figure(rows: list[dict[str, Any]], title: str, classes: list[str], lb
             ax.plot(steps, [100 * r[key] for r in rows], style, label=key, marker="." if len(rows) < 40 else None)
     where = f"test subset of {rows[-1]['eval_n']} images" if subset and "eval_n" in rows[-1] else (
         "test subset" if subset else "test set")
+    for start, name in stage_starts(stages):
+        ax.axvline(start, color="0.4", ls=":", lw=1)
+        ax.text(start, 98, f" {name}", fontsize=8, va="top", color="0.3")
     ax.set_xlabel("step")
     ax.set_ylabel(f"% (EMA model, {where})")
     ax.set_ylim(0, 100)

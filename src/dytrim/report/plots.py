@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dytrim.config.schedule import to_step
+from dytrim.engine.runlog import stage_starts
 
 from .runs import RunRecord
 
@@ -58,6 +59,8 @@ def plot_curves(records: list[RunRecord], path: Path) -> Path:
     for ax, (key, title) in zip(axes, (("bacc", "balanced accuracy (bACC)"), ("gm", "geometric mean recall (GM)")),
                                 strict=True):
         for r, colour in zip(records, colours, strict=True):
+            for start, _ in stage_starts(r.summary.get("stages")):  # a marker where each later stage begins
+                ax.axvline(start, color=colour, ls=":", lw=1)
             for suffix, style in (("", "-"), ("_debiased", "--")):
                 steps, values = r.series(key + suffix)
                 if steps:

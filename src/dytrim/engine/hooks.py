@@ -88,6 +88,11 @@ class Component:
         only in them, and the main stage runs without it. Called once, before training."""
         return []
 
+    def stage_labeled(self, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """At the start of this component's stage k (also on a resume inside it): (unlabeled positions, labels)
+        that join the original labeled pool for the stage (CReST's picks), or None to keep the pool."""
+        return None
+
     def labeled_sampler(self, labels: torch.Tensor, batch_size: int, seed: int) -> Any | None:
         """Replace the labeled sampler (re-sampling); None keeps the default epoch sampler."""
         return None

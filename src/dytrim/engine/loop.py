@@ -35,21 +35,18 @@ from dytrim.engine.components import eval_model
 from dytrim.engine.context import RunContext
 from dytrim.engine.distributed import fingerprint, global_view
 from dytrim.engine.evaluate import evaluation_row, metrics_row, predict_shared
+from dytrim.engine.finite import LossWatch, TrainingDiverged  # noqa: F401  (TrainingDiverged: the CLI's import)
 from dytrim.engine.forward import TrainForward
 from dytrim.engine.hooks import Batch, Component
-from dytrim.engine.optim import lr_at, set_lr
+from dytrim.engine.optim import build_optimizer, lr_at, set_lr
 from dytrim.engine.probe import step_probe
 from dytrim.engine.sampler import EpochSampler
-from dytrim.engine.stages import LabeledOnly, StagePlan
+from dytrim.engine.stages import LabeledOnly, StagePlan, grown_pool
 from dytrim.engine.step import PseudoLabeler, StepFunction, make_views
 from dytrim.engine.stop import Stopped, StopRequest
 from dytrim.engine.tensorboard import TensorBoardLog
 from dytrim.resume import check_checkpoint, check_run_data, read_run_json
 from dytrim.units import percent
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss: the run stops and keeps its last good checkpoint."""
 
 
 class Trainer:
@@ -68,6 +65,9 @@ class Trainer:
         cfg, d = self.cfg, self.data
         self.plan = StagePlan(self.components, cfg.train.steps)  # stages after the main one (engine/stages.py)
         self.active = self.plan.main  # the components whose hooks run in the current stage
+        self.lb_pool: tuple[torch.Tensor, torch.Tensor] | None = None  # a stage's grown labeled pool (CReST)
+        self._init_state = ({k: v.detach().clone() for k, v in self.model.state_dict().items()}  # new generations
+                            if any(st.start_from == "init" for st in self.plan.stages) else None)
         self.step_fn = StepFunction(ssl, self.active, d.num_classes, cfg.ssl.lambda_u, self.dist, cfg.ssl.ce_eps)
         self.uses_probe = any(c.uses_probe for c in self.active)  # no component asks: no probe forward
         lb_seed = cfg.seed * 1000 + 1
@@ -84,8 +84,7 @@ class Trainer:
         self.restored_from: Path | None = None  # the checkpoint `restore` loaded
         self._restored_eval: metrics_log.CheckpointEval | None = None  # what it says of its step's evaluation
         self._eval_row: dict[str, Any] | None = None  # the last evaluation's row; a checkpoint at its step keeps it
-        self._first_bad = torch.tensor(-1, device=self.device)  # first step with a non-finite loss (-1: none)
-        self._bad_loss = torch.tensor(0.0, dtype=torch.float64, device=self.device)  # its value
+        self.loss_watch = LossWatch(self.device)  # a non-finite loss stops the run at the next check (engine/finite.py)
 
     @property
     def step(self) -> int:
@@ -107,11 +106,17 @@ class Trainer:
     def _enter_stage(self, k: int) -> None:
         """Switch to stage k (engine/stages.py): its weights, head, trained parameters and optimiser, its hooks (the
         owner's) and its SSL side. Deterministic, so every process and a resume do the same."""
-        self.optimizer = self.plan.enter(k, self.model, self.ema, self.cfg.seed)
-        st, self.active = self.plan.stages[k - 1], [self.plan.owners[k - 1]]
+        cfg, d = self.cfg, self.data
+        extra = self.plan.owners[k - 1].stage_labeled(k)  # before the weights move: picks read the last EMA model
+        self.optimizer = self.plan.enter(k, self.model, self.ema, cfg.seed, self._init_state,
+                                         lambda model: build_optimizer(model, cfg.optim))
+        st, self.active = self.plan.stages[k - 1], self.plan.active_at(k)
+        if extra is not None:  # the stage's labeled pool: the original one and the owner's picks, a sampler of its own
+            self.lb_pool = grown_pool(d.lb_idx, d.y_train, d.ulb_idx, extra)
+            self.lb_sampler = EpochSampler(len(self.lb_pool[0]), cfg.train.batch_size, cfg.seed * 1000 + 1 + 7 * k)
         ssl = self.ssl if st.unlabeled else LabeledOnly()
-        self.step_fn = StepFunction(ssl, self.active, self.data.num_classes, self.cfg.ssl.lambda_u, self.dist,
-                                    st.ce_eps)
+        self.step_fn = StepFunction(ssl, self.active, d.num_classes, cfg.ssl.lambda_u, self.dist,
+                                    st.ce_eps if st.lr is not None else cfg.ssl.ce_eps)
         self.uses_probe = any(c.uses_probe for c in self.active)
 
     # ------------------------------------------------------------------ one step
@@ -120,7 +125,7 @@ class Trainer:
         lb_pos = self.dist.shard(self.lb_sampler.next()).to(self.device)
         ulb_pos = (self.dist.shard(self.ulb_sampler.next()).to(self.device) if self.step_fn.ssl.uses_unlabeled
                    else None)
-        return make_views(self.data, lb_pos, ulb_pos, self.aug_gen, self.cfg.aug, self.cfg.ssl.n_strong)
+        return make_views(self.data, lb_pos, ulb_pos, self.aug_gen, self.cfg.aug, self.cfg.ssl.n_strong, self.lb_pool)
 
     def train_step(self) -> dict[str, float]:
         """One update: [stage switch] -> [probe z(I)] -> [before_step] -> views -> the step function -> backward,
@@ -140,12 +145,9 @@ class Trainer:
         obs_batch = batch
         if self.dist.world > 1:  # observers (DyTrim's score store) see the global batch
             obs_batch, out = global_view(self.dist, batch, out, res.ulb_pos)
-        # a non-finite loss is recorded on the device (no sync) and acted on before the next evaluation or checkpoint
-        bad = ~torch.isfinite(loss.detach())
-        self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
-        self._bad_loss = torch.where(bad & torch.isfinite(self._bad_loss), loss.detach().double(), self._bad_loss)
+        self.loss_watch.record(loss, step)  # on the device, no sync; acted on before an evaluation or checkpoint
         stage = self.plan.current
-        lr = lr_at(step, cfg.train.steps, cfg.optim) if stage is None else stage.lr
+        lr = self.plan.lr(step, lambda s, total: lr_at(s, total, cfg.optim))  # a stage's own steps, or its LR
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -164,15 +166,6 @@ class Trainer:
                 len(batch.x_ulb_s))
         stats["loss"] = loss.detach()
         return self.dist.mean_losses(stats) | {"lr": lr}  # losses: mean over ranks (the global-batch loss)
-
-    def _check_finite(self) -> None:
-        """Stop (every rank) if any step since the last check had a non-finite loss; one host read per check."""
-        first = int(self._first_bad)
-        if self.dist.any(first >= 0):
-            raise TrainingDiverged(
-                f"non-finite loss ({float(self._bad_loss)}) at step {first}; the run stopped and keeps its last good "
-                "checkpoint. Lower optim.lr or check the data."
-            )
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = False) -> dict[str, Any]:
@@ -226,6 +219,8 @@ class Trainer:
         p.updates = int(state.get("updates", p.step))
         p.samples_fwd, p.samples_bwd = int(state.get("samples_fwd", 0)), int(state.get("samples_bwd", 0))
         self.ctx.z_I = state.get("probe_z_I")
+        for c in self.components:  # first: a stage's owner may hold what its stage starts from (CReST's picks)
+            c.load_state_dict(state["components"].get(c.name, {}))
         if stage := int(state.get("stage", 0)):  # the stage's head, frozen parameters and optimiser, then its state
             self.plan.check_resume(stage, state["config"]["train"]["steps"], self.cfg.train.steps)
             self._enter_stage(stage)
@@ -233,8 +228,6 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ssl.load_state_dict(state["ssl"])
-        for c in self.components:
-            c.load_state_dict(state["components"].get(c.name, {}))
         self.lb_sampler.load_state_dict(state["lb_sampler"])
         self.ulb_sampler.load_state_dict(state["ulb_sampler"])
         rng = state["rng"]
@@ -308,7 +301,7 @@ class Trainer:
                 stopping = self.dist.any(stop.requested)  # every rank stops at the same step
                 checkpointing = self.step // ckpt_every != prev // ckpt_every or done or stopping
                 if evaluating or checkpointing:
-                    self._check_finite()
+                    self.loss_watch.check(self.dist)
                 if evaluating:
                     wall = time.perf_counter() - start_wall
                     row = self._eval_row = metrics_row(self.step, self.evaluate(), stats, wall, self.progress,

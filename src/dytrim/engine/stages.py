@@ -23,7 +23,8 @@ from torch import nn
 
 from dytrim.config import ConfigError
 
-CHOICES = {"start_from": ("student", "ema"), "trains": ("all", "head"), "ema": ("track", "student")}
+CHOICES = {"start_from": ("student", "ema", "init"), "trains": ("all", "head"), "ema": ("track", "student", "fresh"),
+           "hooks": ("owner", "all")}
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,16 @@ class Stage:
 
     name: str
     steps: int
-    start_from: str = "student"  # "ema": the student (and its EMA) start from the EMA model's weights
+    start_from: str = "student"  # "ema": the EMA model's weights; "init": the run's initial weights (a new generation)
     new_head: bool = False  # the classifier `head` re-initialised: Xavier-normal weight, zero bias
     trains: str = "all"  # "head": only the classifier is trained, every other parameter frozen
-    lr: float = 0.002  # a fresh Adam over the trained parameters, this constant LR, no weight decay
+    lr: float | None = 0.002  # a fresh Adam, this constant LR, no decay; None: the run's optimiser and LR schedule
+    #   (optim.*), fresh, over the stage's steps
     unlabeled: bool = False  # True: the SSL base and its unlabeled batches take part
-    ema: str = "track"  # "student": the EMA model is the student during the stage
-    ce_eps: float = 0.0  # the stage's cross-entropy: 0 = exact log_softmax
+    ema: str = "track"  # "student": the EMA model is the student; "fresh": it restarts from the student, then tracks
+    ce_eps: float = 0.0  # the stage's cross-entropy: 0 = exact log_softmax (None-lr stages: the run's ssl.ce_eps)
+    hooks: str = "owner"  # whose hooks run: the owner's only, or "all": the main stage's components and the owner
+    #   (which then also runs in the main stage)
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():
@@ -94,6 +98,15 @@ def stage_optimizer(params: list[nn.Parameter], stage: Stage) -> torch.optim.Opt
     return torch.optim.Adam(params, lr=stage.lr)
 
 
+def grown_pool(lb_idx: torch.Tensor, y_train: torch.Tensor, ulb_idx: torch.Tensor,
+               extra: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image indices, labels) of the labeled pool grown by unlabeled positions with given labels (CReST's picks):
+    the original labeled images first, in their order, then the picks."""
+    pos, labels = extra
+    idx = torch.cat([lb_idx, ulb_idx[pos.to(ulb_idx.device)]])
+    return idx, torch.cat([y_train[lb_idx], labels.to(y_train.device, y_train.dtype)])
+
+
 def boundaries(main_steps: int, stages: list[Stage]) -> list[int]:
     """The first step of each stage, main stage included, and the run's last step: [0, main, main + s1, ...]."""
     out = [0, main_steps]
@@ -109,7 +122,8 @@ class StagePlan:
         owned = [(st, c) for c in components for st in c.stages()]
         self.stages: list[Stage] = [st for st, _ in owned]
         self.owners = [c for _, c in owned]
-        self.main = [c for c in components if c not in self.owners]  # the main stage's components
+        apart = [c for st, c in owned if st.hooks == "owner"]  # owners whose hooks run in their own stages only
+        self.main = [c for c in components if c not in apart]  # the main stage's components
         self.bounds = boundaries(main_steps, self.stages)  # first step of each stage, then the last step
         self.index = 0
 
@@ -142,15 +156,33 @@ class StagePlan:
         """The progress bar's stage field, `stage=crt 2/2` (none in a run without stages)."""
         return {"stage": f"{self.name} {self.index + 1}/{len(self.stages) + 1}"} if self.stages else {}
 
-    def enter(self, k: int, model: nn.Module, ema: Any, seed: int) -> torch.optim.Optimizer:
-        """Stage k's weights, head and frozen parameters on `model` (and `ema`); returns its optimiser."""
+    def active_at(self, k: int) -> list[Any]:
+        """The components whose hooks run in stage k."""
+        if k == 0:
+            return self.main
+        st, owner = self.stages[k - 1], self.owners[k - 1]
+        return [owner] if st.hooks == "owner" else [*self.main, *([owner] if owner not in self.main else [])]
+
+    def lr(self, step: int, main_lr: Any) -> float:
+        """This step's learning rate: `main_lr(step, total)` (the run's schedule) in the main stage and in stages
+        that use the run's optimiser (over the stage's own steps), else the stage's constant LR."""
+        st = self.current
+        if st is None:
+            return main_lr(step, self.bounds[1])
+        return main_lr(step - self.bounds[self.index], st.steps) if st.lr is None else st.lr
+
+    def enter(self, k: int, model: nn.Module, ema: Any, seed: int, init_state: dict[str, torch.Tensor] | None,
+              run_optimizer: Any) -> torch.optim.Optimizer:
+        """Stage k's weights, head and frozen parameters on `model` (and `ema`); returns its optimiser (a fresh
+        Adam, or `run_optimizer(model)`, the run's own, for a stage without an LR of its own)."""
         st = self.stages[k - 1]
-        if st.start_from == "ema":
-            model.load_state_dict(ema.model.state_dict())
+        if st.start_from in ("ema", "init"):
+            model.load_state_dict(ema.model.state_dict() if st.start_from == "ema" else init_state)
         if st.new_head:
             reinit_head(model, seed, st.name)
-        optimizer = stage_optimizer(trained_parameters(model, st.trains), st)
-        if st.ema == "student":
+        params = trained_parameters(model, st.trains)
+        optimizer = stage_optimizer(params, st) if st.lr is not None else run_optimizer(model)
+        if st.ema in ("student", "fresh"):
             ema.copy_from(model)
         self.index = k
         return optimizer

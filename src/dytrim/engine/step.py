@@ -43,13 +43,15 @@ class PseudoLabeler(Protocol):
 
 
 def make_views(data: Any, lb_pos: torch.Tensor, ulb_pos: torch.Tensor | None, gen: torch.Generator, aug: Any,
-               n_strong: int) -> Batch:
+               n_strong: int, pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
     """The batch of these pool positions: uint8 images gathered on the device, the weak view of the labeled ones,
-    the weak and `n_strong` strong views of the unlabeled ones (drawn from `gen` in that order), unit weights."""
+    the weak and `n_strong` strong views of the unlabeled ones (drawn from `gen` in that order), unit weights.
+    `pool`: (image indices, labels) of a grown labeled pool (engine/stages.py `grown_pool`) instead of the data's."""
     d, a = data, aug
-    lb = d.lb_idx[lb_pos]
+    lb = d.lb_idx[lb_pos] if pool is None else pool[0][lb_pos]
+    y_lb = d.y_train[lb] if pool is None else pool[1][lb_pos]
     x_lb = normalize(weak_augment(d.x_train[lb], gen, a.pad, a.flip), d.mean, d.std)
-    batch = Batch(lb_pos=lb_pos, x_lb=x_lb, y_lb=d.y_train[lb], w_lb=torch.ones(len(lb), device=lb_pos.device))
+    batch = Batch(lb_pos=lb_pos, x_lb=x_lb, y_lb=y_lb, w_lb=torch.ones(len(lb), device=lb_pos.device))
     if ulb_pos is not None:
         x_u = d.x_train[d.ulb_idx[ulb_pos]]
         batch.ulb_pos = ulb_pos

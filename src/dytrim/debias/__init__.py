@@ -16,6 +16,8 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
   OR masks) and a second, logit-adjusted head with its own losses that predicts at test;
 - darp: the pseudo-label target and mask together (rows of a per-sample memory refined every 10 steps so that the
   pool's class distribution matches a target);
+- crest: generations as stages, each from scratch with the labeled set grown by the last one's confident picks
+  (CReST+: progressively aligned weak-view probabilities), and the +LA prediction;
 - crt: a stage after the main one, a fresh classifier on the frozen backbone (labeled data, mixup, class weights);
 - dytrim: which samples enter (class-aware labeled pruning by π_θ(I), soft unlabeled pruning) and
   how strongly (1/r rescaling) — the sampling measure and the per-sample scale of K·G.
@@ -27,6 +29,7 @@ from dytrim.debias import daso  # noqa: F401  (registers itself)
 from dytrim.debias import acr  # noqa: F401  (registers itself)
 from dytrim.debias import darp  # noqa: F401  (registers itself)
 from dytrim.debias import crt  # noqa: F401  (registers itself; a stage after the main one)
+from dytrim.debias import crest  # noqa: F401  (registers itself; generations as stages)
 from dytrim.debias.registry import COMPONENTS, create_components
 
 __all__ = ["COMPONENTS", "create_components"]

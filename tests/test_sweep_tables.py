@@ -97,7 +97,7 @@ def test_every_shipped_table_expands() -> None:
     assert {"paper-cifar10lt-main", "paper-cifar10lt-gamma-u", "paper-cifar10lt-ablation", "cpu-cifar10lt",
             "cpu-cifar10lt-flexmatch-freematch", "mnist-lt"} <= set(tables)
     main = load_table(tables["paper-cifar10lt-main"])
-    assert len(main.cells) == 10 * 3 * 3 and main.published[("FixMatch + DyTrim", "γ=100")] == 84.8
+    assert len(main.cells) == 11 * 3 * 3 and main.published[("FixMatch + DyTrim", "γ=100")] == 84.8
     assert main.published[("FixMatch + Adsh", "γ=150")] == 71.5  # paper Table 1, as printed
     g50 = next(c for c in main.cells if c.row == "FixMatch + CDMAD" and c.column == "γ=50")
     assert dict(g50.overrides)["data.imb_ratio_l"] == "50"

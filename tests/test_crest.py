@@ -135,3 +135,22 @@ def test_config_is_checked() -> None:
             load_config("mnist-lt-fixmatch", ["debias.methods=crest", bad])
     with pytest.raises(ConfigError, match=r"^debias\.methods: crest trains generations of FixMatch"):
         load_config("mnist-lt-fixmatch", ["debias.methods=crest", "ssl.name=flexmatch"])
+
+
+@pytest.mark.slow
+def test_two_processes_pick_the_same_images_and_stay_in_sync(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    sets = [x for s in SETS for x in ("--set", s)]
+    out = tmp_path / "two"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29571", "-m", "dytrim", "train", "--preset", "mnist-lt-fixmatch", *sets, "--out", str(out)],
+                         env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["main", "main", "gen1", "gen1", "gen2", "gen2"]
+    assert all(r["ranks_in_sync"] for r in rows)  # the same picks, pool, weights and statistics on both ranks
+    assert all(r["crest_picks"] > 0 for r in rows[2:])

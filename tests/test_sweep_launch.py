@@ -151,6 +151,23 @@ def test_preemption_signal_requeues_and_resumes_exactly(swept, tmp_path) -> None
     assert metrics(d) == metrics(straight)  # bit-identical to the uninterrupted run
 
 
+def test_sigterm_to_the_sweep_stops_its_cells_once_with_a_checkpoint(swept, tmp_path) -> None:
+    """The sweep forwards one SIGTERM per cell (a second one, while the trainer exits, would kill it by signal and
+    mark a cleanly stopped cell failed); the next command resumes it bit for bit."""
+    root, out = swept
+
+    def stop_sweep(proc: subprocess.Popen, d: Path) -> None:
+        proc.send_signal(signal.SIGTERM)
+
+    d, text, rc = _interrupted(root, tmp_path, "term", stop_sweep, 143, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    assert rc == 143 and "SIGTERM received; the cells stopped with a checkpoint" in text, text[-3000:]
+    assert [a["rc"] for a in state.attempts(d)] == [143] and state.classify(d).state == "resumable"
+    res = sweep(str(root / "one.yaml"), "--out", str(d.parent.parent), "--threads", "1")
+    assert res.returncode == 0 and "--resume" in res.stdout, res.stdout[-3000:]
+    assert metrics(d) == metrics(state.cell_dir(out, load_table(root / "one.yaml").cells[0]))
+
+
 def test_sigkilled_sweep_is_resumed_by_the_next_command(swept, tmp_path) -> None:
     root, out = swept
     cell = load_table(root / "one.yaml").cells[0]

@@ -68,6 +68,7 @@ class _Running:
     started: float
     log_start: int
     requeues: int
+    signalled: bool = False  # the stop was sent: once, so that a second SIGTERM cannot kill the clean exit
 
 
 def run_local(out: Path, cells: list[Cell], slots: list[Slot], max_requeues: int = 3,
@@ -84,8 +85,9 @@ def run_local(out: Path, cells: list[Cell], slots: list[Slot], max_requeues: int
             time.sleep(0.1)
             if stop.requested:
                 for r in running:
-                    if r.proc.poll() is None:
+                    if r.proc.poll() is None and not r.signalled:
                         r.proc.send_signal(signal.SIGTERM)  # checkpoint and exit 143
+                        r.signalled = True
                 queue.clear()
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)

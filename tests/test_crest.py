@@ -13,7 +13,6 @@ import torch
 
 from dytrim.config import ConfigError, load_config
 from dytrim.debias.crest import align, class_profile, pick, pick_rates, temperature
-from dytrim.engine.checkpoint import save_checkpoint
 from dytrim.factory import build_trainer
 
 GAMMA100 = [1500, 898, 538, 322, 193, 115, 69, 41, 24, 15]
@@ -111,20 +110,9 @@ def test_the_la_prediction_and_p_data_update() -> None:
 
 @pytest.mark.parametrize("stop_at", [6, 9], ids=["at-the-switch", "inside-a-generation"])
 def test_a_resumed_run_equals_one_uninterrupted(tmp_path, stop_at: int) -> None:
-    straight = _trainer(tmp_path / "a")
-    while straight.step < straight.plan.total:
-        straight.train_step()
-    first = _trainer(tmp_path / "b")
-    for _ in range(stop_at):
-        first.train_step()
-    (tmp_path / "b").mkdir()
-    save_checkpoint(tmp_path / "b", first.step, first.state_dict(), 2)
-    resumed = _trainer(tmp_path / "b", resume=True)
-    assert resumed.restore() is not None and resumed.step == stop_at
-    assert resumed._fingerprint() == first._fingerprint()
-    while resumed.step < resumed.plan.total:
-        resumed.train_step()
-    assert resumed._fingerprint() == straight._fingerprint()
+    from test_stages import resumed_against_straight
+
+    resumed, straight = resumed_against_straight(_trainer, tmp_path, stop_at)
     assert torch.equal(resumed.lb_pool[0], straight.lb_pool[0]) and torch.equal(resumed.lb_pool[1], straight.lb_pool[1])
 
 

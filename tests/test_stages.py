@@ -86,16 +86,19 @@ def test_rows_name_their_stage_and_the_summary_is_the_last_stages(tmp_path) -> N
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
 
 
-@pytest.mark.parametrize("stop_at", [6, 8], ids=["at-the-switch", "inside-the-stage"])
-def test_a_resumed_run_equals_one_uninterrupted(tmp_path, stop_at: int) -> None:
-    straight = _trainer(tmp_path / "a")
-    straight.fit()
-    first = _trainer(tmp_path / "b")
+def resumed_against_straight(trainer, tmp_path: Path, stop_at: int) -> tuple:
+    """(resumed, straight): a run trained to `stop_at`, checkpointed, resumed in a new Trainer and trained to its
+    end, and the same run uninterrupted; `trainer(out, resume=...)` builds either. Asserts the resume restored
+    everything compared at the stop and equals the uninterrupted run at the end (weights, state, samplers)."""
+    straight = trainer(tmp_path / "a")
+    while straight.step < straight.plan.total:
+        straight.train_step()
+    first = trainer(tmp_path / "b")
     for _ in range(stop_at):
         first.train_step()
     (tmp_path / "b").mkdir()
     save_checkpoint(tmp_path / "b", first.step, first.state_dict(), 2)
-    resumed = _trainer(tmp_path / "b", resume=True)
+    resumed = trainer(tmp_path / "b", resume=True)
     assert resumed.restore() is not None and resumed.step == stop_at
     assert resumed.plan.index == first.plan.index and resumed._fingerprint() == first._fingerprint()
     while resumed.step < resumed.plan.total:
@@ -103,6 +106,12 @@ def test_a_resumed_run_equals_one_uninterrupted(tmp_path, stop_at: int) -> None:
     assert resumed._fingerprint() == straight._fingerprint()
     for a, b in zip(resumed.ema.model.state_dict().values(), straight.ema.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    return resumed, straight
+
+
+@pytest.mark.parametrize("stop_at", [6, 8], ids=["at-the-switch", "inside-the-stage"])
+def test_a_resumed_run_equals_one_uninterrupted(tmp_path, stop_at: int) -> None:
+    resumed_against_straight(_trainer, tmp_path, stop_at)
 
 
 def test_the_main_stage_cannot_change_length_once_past_it(tmp_path, capsys) -> None:

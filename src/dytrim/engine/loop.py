@@ -9,9 +9,9 @@ function (engine/step.py: [weight] -> forward passes (logits; penultimate featur
 Evaluation uses the EMA model (through a component's head if one names `eval_head`); [eval_logits] give the
 debiased predictions, and every evaluation probes the baseline image. Components' heads are part of the model
 (engine/components.py), so the optimiser, EMA, DDP averaging and checkpoints hold them.
-Stages (engine/stages.py): a run is its main stage (train.steps) and the stages components declare (cRT); at the
-first step of a stage, before its probe and before_step, the loop switches weights, head, frozen parameters,
-optimiser and the hooks that run (the stage owner's); the step above is then the stage's step.
+Stages (engine/stages.py): a run is its main stage (train.steps) and the stages components declare (cRT, CReST's
+generations); at a stage's first step, before its probe and before_step, the loop switches weights, head, frozen
+parameters, optimiser, labeled pool and the hooks that run; the step above is then the stage's step.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ case "${1:-start}" in
 stop)
     scancel --full --quiet --user="$(id -un)" 2>/dev/null || true  # no job step outlives the test
     pkill -x slurmd || true; pkill -x slurmctld || true; pkill -x munged || true; pkill -f "^slurmstepd" || true
+    sleep 1  # slurmstepd (and slurmd while it holds a step) outlive SIGTERM: what is left is killed
+    pkill -KILL -f "^slurmstepd" || true; pkill -KILL -x slurmd || true; pkill -KILL -x slurmctld || true
     exit 0 ;;
 start) ;;
 *) echo "usage: $0 start|stop" >&2; exit 2 ;;

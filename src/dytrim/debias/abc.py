@@ -26,7 +26,7 @@ from torch import nn
 
 from dytrim.config import RunConfig, config_section, require
 from dytrim.debias.registry import COMPONENTS
-from dytrim.engine.components import head_of, load_generator_state, owned_generator
+from dytrim.engine.components import head_of, load_generator_state, owned_generator, xavier_linear_
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component, Views
 
@@ -76,9 +76,7 @@ class ABC(Component):
     def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
         self.ctx, self.p_cutoff, self.epoch_steps = ctx, cfg.abc.p_cutoff, cfg.abc.epoch_steps
         self.steps = cfg.train.steps
-        self.head = nn.Linear(ctx.model.num_features, ctx.num_classes)
-        nn.init.xavier_normal_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = xavier_linear_(nn.Linear(ctx.model.num_features, ctx.num_classes))
         self.p = balance_rates(ctx.lb_counts)
         self.gen = owned_generator(ctx.seed, self.name, ctx.device)  # the Bernoulli masks
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from dytrim.config import RunConfig, config_section, require
 from dytrim.debias.registry import COMPONENTS, require_fixmatch
-from dytrim.engine.components import head_of
+from dytrim.engine.components import head_of, xavier_linear_
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component, Views
 from dytrim.engine.schedules import Periodic
@@ -163,9 +163,7 @@ class ACR(Component):
         c = cfg.acr
         self.ctx, self.p_cutoff, self.rho, self.rule = ctx, c.p_cutoff, c.ema_u, c.class_count
         self.tau_max, self.est_epoch, self.epoch_steps = c.tau1, c.est_epoch, c.epoch_steps
-        self.head = nn.Linear(ctx.model.num_features, ctx.num_classes)
-        nn.init.xavier_normal_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = xavier_linear_(nn.Linear(ctx.model.num_features, ctx.num_classes))
         self.prior = ctx.lb_prior.double()
         self.adj12, self.adj2 = adjustment(self.prior, c.tau12), adjustment(self.prior, c.tau2)
         self.tau1 = float(c.tau1)

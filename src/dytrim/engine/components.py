@@ -46,6 +46,21 @@ def attach_heads(model: nn.Module, heads: dict[str, nn.Module], device: torch.de
     return True
 
 
+def xavier_linear_(linear: nn.Linear, generator: torch.Generator | None = None) -> nn.Linear:
+    """`linear` with a Xavier-normal weight and a zero bias (the heads of ABC, ACR and DARP's cRT), in place;
+    `generator` (CPU): drawn from it, whatever the head's device, else from the global stream. Returns `linear`."""
+    if generator is None:
+        nn.init.xavier_normal_(linear.weight)
+    else:
+        weight = torch.empty(linear.weight.shape, dtype=linear.weight.dtype)
+        nn.init.xavier_normal_(weight, generator=generator)
+        with torch.no_grad():
+            linear.weight.copy_(weight.to(linear.weight.device))
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+    return linear
+
+
 def head_of(model: nn.Module, name: str) -> nn.Module:
     """The auxiliary head `name` of a model (the student or its EMA copy)."""
     return getattr(model, AUX)[name]

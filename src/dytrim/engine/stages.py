@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dytrim.config import ConfigError
+from dytrim.engine.components import xavier_linear_
 
 CHOICES = {"start_from": ("student", "ema", "init"), "trains": ("all", "head"), "ema": ("track", "student", "fresh"),
            "hooks": ("owner", "all")}
@@ -73,14 +74,8 @@ class LabeledOnly:
 def reinit_head(model: nn.Module, seed: int, stage: str) -> None:
     """A fresh classifier `model.head` in place: Xavier-normal weight, zero bias (DARP's cRT), drawn from a
     generator of (seed, stage name), so every process and every resume draws the same head."""
-    head = model.head
     gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + zlib.crc32(stage.encode()))
-    weight = torch.empty(head.weight.shape, dtype=head.weight.dtype)
-    nn.init.xavier_normal_(weight, generator=gen)
-    with torch.no_grad():
-        head.weight.copy_(weight.to(head.weight.device))
-        if head.bias is not None:
-            head.bias.zero_()
+    xavier_linear_(model.head, gen)
 
 
 def trained_parameters(model: nn.Module, trains: str) -> list[nn.Parameter]:

@@ -332,7 +332,7 @@ class Trainer:
         counters = {"images_per_s": round(p.samples_seen / max(self.train_s, 1e-9), 2), "updates": p.updates,
                     "samples_fwd": p.samples_fwd, "samples_bwd": p.samples_bwd} | self.plan.counters()
         # the result of a run with stages is its last stage's: last, best and means over that stage's evaluations
-        summary = runlog.write_summary(out, self.plan.summary_rows(rows), self.wall_s, self.train_s, self.step,
+        summary = runlog.write_summary(out, metrics_log.last_stage_rows(rows), self.wall_s, self.train_s, self.step,
                                        full_test, counters)
         runlog.plot_curves(rows, out / "curves.png", cfg.preset or "run", self.data.classes, self.data.split.lb_counts,
                            subset=full_test is not None, stages=counters.get("stages"))

@@ -69,6 +69,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return read_log(path).rows
 
 
+def last_stage_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the last row's stage: what a run in stages is measured by (engine/stages.py); a run without
+    stages has one, so all of its rows."""
+    return [r for r in rows if r.get("stage") == rows[-1].get("stage")] if rows else rows
+
+
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl atomically (fsync, rename) by `rows`."""
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

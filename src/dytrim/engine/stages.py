@@ -189,10 +189,6 @@ class StagePlan:
                               f"stage's {main_before} steps); the main stage cannot change length now, so resume "
                               "without --set train.steps")
 
-    def summary_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The rows a run's summary reads: all of them, or the last stage's in a run with stages."""
-        return [r for r in rows if r.get("stage") == self.name] if self.stages else rows
-
     def counters(self) -> dict[str, Any]:
         """summary.json's `stages`: the steps of each stage by name (runs with stages only)."""
         return {"stages": {"main": self.bounds[1]} | {st.name: st.steps for st in self.stages}} if self else {}

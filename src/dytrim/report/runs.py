@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dytrim.config import ConfigError, read_yaml_mapping
-from dytrim.engine.metrics_log import read_rows
+from dytrim.engine.metrics_log import last_stage_rows, read_rows
 
 
 @dataclass
@@ -174,8 +174,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunRecord:
     rows = [r for r in all_rows if "per_class_recall" in r]
     if not rows:
         raise ConfigError(f"report: '{path}' has no evaluations in metrics.jsonl; is it a dytrim run directory?")
-    last_stage = [r for r in all_rows if r.get("stage") == all_rows[-1].get("stage")]  # a run's summary reads
-    #   its last stage's evaluations (engine/stages.py); a run without stages has one
+    last_stage = last_stage_rows(all_rows)  # what a run's summary reads (engine/stages.py)
     stale = any(summary.get(k, v) != v for k, v in (("evaluations", len(last_stage)), ("steps", all_rows[-1]["step"])))
     if stale:  # e.g. a finished run resumed with more steps and still training: its summary.json is the old end's
         summary = {}

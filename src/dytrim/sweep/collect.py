@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dytrim.engine.metrics_log import last_stage_rows
 from dytrim.fileio import atomic_write_text
 from dytrim.sweep import state
 from dytrim.sweep.table import Cell, Metric, Table
@@ -45,9 +46,7 @@ def run_value(run: Path, metric: Metric) -> tuple[float | None, str]:
     summary = state.read_json(run / "summary.json")
     if summary is None:
         return None, "not finished"
-    rows = _rows(run)
-    if rows and "stage" in rows[-1]:  # a run in stages is measured by its last stage (engine/stages.py)
-        rows = [r for r in rows if r.get("stage") == rows[-1]["stage"]]
+    rows = last_stage_rows(_rows(run))  # a run in stages is measured by its last stage (engine/stages.py)
     for key in (metric.key, metric.fallback):
         if not key:
             continue

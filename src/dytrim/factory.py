@@ -31,9 +31,10 @@ def build_trainer(
                       ssl.uses_unlabeled, parts.device, parts.dist, parts.precision)
     ctx = run_context(parts, ssl.uses_unlabeled)
     components = create_components(cfg, ctx) + list(extra_components)
+    ssl.bind(cfg, ctx, components)
     for line in _never_on(cfg, components):
         warnings.warn(line, stacklevel=2)
-    attach_component_heads(parts, ctx, components)  # auxiliary heads join the model, its EMA and the optimiser
+    attach_component_heads(parts, ctx, components, ssl.heads())  # heads join the model, its EMA and the optimiser
     return Trainer(parts, ssl, components, ctx)
 
 

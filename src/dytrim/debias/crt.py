@@ -35,6 +35,7 @@ from dytrim.config import RunConfig, config_section, require
 from dytrim.debias.registry import COMPONENTS
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component
+from dytrim.engine.mixup import mix
 from dytrim.engine.stages import Stage
 
 
@@ -65,11 +66,6 @@ def class_weights(counts: list[int], kind: str) -> torch.Tensor:
         return torch.ones(len(n))
     w = 1.0 / np.maximum(n, 1.0)
     return torch.from_numpy(w / w.sum() * len(n)).float()
-
-
-def mix(x: torch.Tensor, y_hot: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(λx + (1 − λ)x[perm], λy + (1 − λ)y[perm]): input mixup of a batch with a permutation of itself."""
-    return lam * x + (1 - lam) * x[perm], lam * y_hot + (1 - lam) * y_hot[perm]
 
 
 @COMPONENTS.register("crt")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dytrim.engine.accel import autocast
+from dytrim.engine.probe import frozen_bn_stats
 
 
 class TrainForward:
@@ -24,6 +25,11 @@ class TrainForward:
                  joint: bool) -> None:
         self.model, self.forward_fn, self.precision, self.device = model, forward_fn, precision, device
         self.channels_last, self.joint = channels_last, joint
+
+    def frozen_bn(self) -> Any:
+        """A context in which forwards use BN batch statistics and leave the running ones as they were (USB's
+        bn_controller: ReMixMatch's usb mode)."""
+        return frozen_bn_stats(self.model)
 
     def _one(self, x: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not features:

@@ -29,6 +29,7 @@ class Batch:
     x_ulb_s: list[torch.Tensor] = field(default_factory=list)  # n_strong x [Bu, C, H, W]
     w_ulb: torch.Tensor | None = None  # [Bu]
     t_lb: torch.Tensor | None = None  # [B, C] soft labeled targets (mixup) instead of one_hot(y_lb); None: one-hot
+    x_lb_s: torch.Tensor | None = None  # [B, C, H, W] a strong view of the labeled images (a base that asks for it)
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Component:
     -> weight ->
     (forward) -> pseudo_logits -> (the SSL base's targets and mask) -> pseudo_targets -> weight_unlabeled ->
     train_logits -> (losses) -> loss_terms -> (backward, optimiser, EMA) -> observe -> clock_rate. At evaluation:
-    the raw logits come from the model's head or from the head named by `eval_head`; then eval_logits, chained
+    the raw logits come from the model's head, from the head named by `eval_head` or from the module `eval_module`
+    gives (a head the component owns, CoSSL); then eval_logits, chained
     over the components in config order, then eval_fields.
     Owned parts (engine/components.py): `heads()` join the model (optimiser, EMA, DDP, checkpoints); per-sample
     memory, schedules and random generators live in the component and travel in its state_dict.
@@ -142,6 +144,12 @@ class Component:
 
     def observe(self, batch: Batch, out: StepOutput, step: int) -> None:
         """See the step's per-sample results after the update (scores, statistics)."""
+
+    def eval_module(self, model: nn.Module) -> nn.Module | None:
+        """The module evaluation predicts with, built on `model` (the EMA model), when the prediction needs parts
+        the component owns outside the model (CoSSL's teacher head with its own EMA); None: the model, or the head
+        named by `eval_head`. At most one component of a stage gives one."""
+        return None
 
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor | None:
         """Debiased test logits of the EMA model, or None if this component does not change predictions."""

@@ -125,7 +125,8 @@ class Trainer:
         lb_pos = self.dist.shard(self.lb_sampler.next()).to(self.device)
         ulb_pos = (self.dist.shard(self.ulb_sampler.next()).to(self.device) if self.step_fn.ssl.uses_unlabeled
                    else None)
-        return make_views(self.data, lb_pos, ulb_pos, self.aug_gen, self.cfg.aug, self.cfg.ssl.n_strong, self.lb_pool)
+        return make_views(self.data, lb_pos, ulb_pos, self.aug_gen, self.cfg.aug, self.cfg.ssl.n_strong, self.lb_pool,
+                          getattr(self.step_fn.ssl, "lb_strong", False))
 
     def train_step(self) -> dict[str, float]:
         """One update: [stage switch] -> [probe z(I)] -> [before_step] -> views -> the step function -> backward,

@@ -22,14 +22,25 @@ def baseline_image(kind: str, channels: int, height: int, width: int, device: to
 
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
-    """Run a model in train mode (batch statistics) without changing its BN running buffers."""
-    saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    """Run a model in train mode (batch statistics) without changing its BN running buffers: the forwards inside
+    update copies, and the BN layers get their own buffers back afterwards (not written in place, so a forward
+    with a graph inside stays differentiable: autograd keeps the buffers it saw)."""
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            saved.append((m, [getattr(m, n) for n in names]))
+            for n in names:
+                if getattr(m, n) is not None:
+                    setattr(m, n, getattr(m, n).clone())
     was_training = model.training
     model.train()
     try:
         yield
     finally:
-        model.load_state_dict(saved, strict=False)
+        for m, tensors in saved:
+            for n, t in zip(names, tensors, strict=True):
+                setattr(m, n, t)
         model.train(was_training)
 
 

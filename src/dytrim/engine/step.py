@@ -43,9 +43,10 @@ class PseudoLabeler(Protocol):
 
 
 def make_views(data: Any, lb_pos: torch.Tensor, ulb_pos: torch.Tensor | None, gen: torch.Generator, aug: Any,
-               n_strong: int, pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
+               n_strong: int, pool: tuple[torch.Tensor, torch.Tensor] | None = None, lb_strong: bool = False) -> Batch:
     """The batch of these pool positions: uint8 images gathered on the device, the weak view of the labeled ones,
-    the weak and `n_strong` strong views of the unlabeled ones (drawn from `gen` in that order), unit weights.
+    the weak and `n_strong` strong views of the unlabeled ones, and with `lb_strong` a strong view of the labeled
+    ones (drawn from `gen` in that order), unit weights.
     `pool`: (image indices, labels) of a grown labeled pool (engine/stages.py `grown_pool`) instead of the data's."""
     d, a = data, aug
     lb = d.lb_idx[lb_pos] if pool is None else pool[0][lb_pos]
@@ -62,6 +63,9 @@ def make_views(data: Any, lb_pos: torch.Tensor, ulb_pos: torch.Tensor | None, ge
             for _ in range(n_strong)
         ]
         batch.w_ulb = torch.ones(len(ulb_pos), device=ulb_pos.device)
+    if lb_strong:
+        batch.x_lb_s = strong_augment(d.x_train[lb], gen, d.mean, d.std, n_ops=a.n_ops, magnitude=a.magnitude,
+                                      cutout_size=a.cutout, pad=a.pad, flip=a.flip)
     return batch
 
 
@@ -189,6 +193,8 @@ class StepFunction:
             return StepResult(loss, loss_lb, None, None, None, None, None, None, None,
                               {k: v.detach() for k, v in terms.items()})
         assert batch.x_ulb_w is not None and batch.ulb_pos is not None and batch.w_ulb is not None
+        if getattr(self.ssl, "mixes", False):
+            return self._run_mixing(batch, forward, step)
         n_s = len(batch.x_ulb_s)  # reference order: weak unlabeled (no grad), then labeled, then each strong view
         outs, feats = self._views(forward, [batch.x_ulb_w, batch.x_lb, *batch.x_ulb_s], [False] + [True] * (n_s + 1))
         logits_w, logits_lb, logits_s = outs[0].detach(), outs[1], outs[2:]
@@ -214,3 +220,37 @@ class StepFunction:
                 loss = loss + value
         return StepResult(loss, loss_lb, loss_ulb, loss_u.detach(), targets_g, mask_g, logits_w_g, raw_g, ulb_pos_g,
                           {k: v.detach() for k, v in terms.items()})
+
+    def train_view(self, z: torch.Tensor, labeled: bool, step: int) -> torch.Tensor:
+        """Logits that enter a training loss after the components' train_logits hooks, in fp32 (fp64 kept)."""
+        for c in self.components:
+            z = c.train_logits(z, labeled, step)
+        return _wide(z)
+
+    def _run_mixing(self, batch: Batch, forward: Forward, step: int) -> StepResult:
+        """The step of a base that mixes its views (ReMixMatch): the weak view's logits (no gradient; the base's BN
+        mode), pseudo-labels of the global batch through the same hooks, [weight_unlabeled], then the base's mixed
+        losses (its forwards, through [train_logits]); labeled x w_lb, unlabeled slots x w_ulb, then [loss_terms]."""
+        ssl: Any = self.ssl
+        assert batch.x_ulb_w is not None and batch.ulb_pos is not None and batch.w_ulb is not None
+        logits_w = ssl.weak_logits(forward, batch.x_ulb_w)
+        raw_g = self.dist.gather(logits_w)
+        ulb_pos_g = self.dist.gather(batch.ulb_pos)
+        targets_g, mask_g, logits_w_g = self.pseudo_labels(raw_g, ulb_pos_g, step)
+        targets, mask = self.dist.shard(targets_g), self.dist.shard(mask_g)
+        for c in self.components:
+            c.weight_unlabeled(batch, targets, mask, step)
+        part = ssl.mixed_losses(batch, targets, mask, forward, lambda z, lab: self.train_view(z, lab, step),
+                                self.ce_eps, step)
+        loss_u = (part.loss_ulb * batch.w_ulb).mean()
+        loss = (part.loss_lb * batch.w_lb).mean() + part.w_u * loss_u
+        terms = dict(part.terms)
+        views = Views(part.logits_lb, logits_w)
+        for name, value in self._terms(views, batch, targets, mask, step).items():
+            if name in terms:
+                raise ValueError(f"a component returns the loss term '{name}' of the SSL base")
+            terms[name] = value
+        for value in terms.values():
+            loss = loss + value
+        return StepResult(loss, part.loss_lb, part.loss_ulb, loss_u.detach(), targets_g, mask_g, logits_w_g, raw_g,
+                          ulb_pos_g, {k: v.detach() for k, v in terms.items()})

@@ -80,6 +80,11 @@ class ReMixMatchConfig:
                                                        f"{cfg.ssl.n_strong})")
         require(cfg.train.forward == "separate", "train.forward", "remixmatch forwards each mixed chunk as its own "
                                                                   "BN batch; set train.forward=separate")
+        from dytrim.debias import COMPONENTS  # the methods register after the bases: read at validation time
+
+        users = [m for m in cfg.debias.methods if m in COMPONENTS and getattr(COMPONENTS.get(m), "uses_features", 0)]
+        require(not users, "debias.methods", f"{', '.join(users)} read penultimate features of the strong views, "
+                                             "which ssl.name=remixmatch does not compute; use ssl.name=fixmatch")
         require(self.mix_alpha > 0, "remixmatch.mix_alpha", f"must be > 0; got {self.mix_alpha}")
         for key in ("temperature", "w_rot", "ramp"):
             value = getattr(self, key)

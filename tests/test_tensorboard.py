@@ -55,3 +55,23 @@ def test_missing_package_is_one_line_before_training(tmp_path, capsys, monkeypat
     assert main(["train", *TINY, "--set", "train.tensorboard=true", "--out", str(out)]) == 2
     assert "train.tensorboard: needs the tensorboard package" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_run_in_stages_has_a_curve_per_stage_and_a_marker_at_the_switch(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    args = ["--preset", "mnist-lt-fixmatch", "--set", "debias.methods=crt", "--set", "crt.steps=4", "--set",
+            "train.steps=4", "--set", "train.eval_every=2", "--set", "train.progress=false", "--set", "train.threads=1"]
+    assert main(["train", *args, "--set", "train.tensorboard=true", "--out", str(run)]) == 0
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    rows = read_rows(run / "metrics.jsonl")
+    for stage in ("main", "crt"):
+        want = {r["step"]: r["bacc"] for r in rows if r.get("stage") == stage}
+        got = {e.step: e.value for e in acc.Scalars(f"stages/{stage}/bacc")}
+        assert want and got == pytest.approx(want, abs=1e-6), stage
+    markers = [e.step for e in acc.Tensors("stage_switch/text_summary")]
+    assert markers == [2, 6]  # the first row of each stage

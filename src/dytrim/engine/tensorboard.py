@@ -1,6 +1,8 @@
 """Optional TensorBoard event files beside metrics.jsonl (`train.tensorboard=true`, needs the `tensorboard`
 package): every number of every metrics row as a scalar, per-class lists (recall, the baseline-image probe
-π_θ(I), DyTrim's r_c and kept counts) as one scalar per class named by the class."""
+π_θ(I), DyTrim's r_c and kept counts) as one scalar per class named by the class. A run in stages (cRT, CReST's
+generations, CoSSL) also gets a curve per stage of the headline metrics (`stages/<stage>/<metric>`) and a text
+marker at each switch (`stage_switch`), so generations overlay and the switch is visible."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from dytrim.config import ConfigError
+
+STAGE_METRICS = ("bacc", "bacc_debiased", "gm", "gm_debiased", "acc", "loss")  # the per-stage curves
 
 
 def require_tensorboard() -> None:
@@ -46,11 +50,19 @@ class TensorBoardLog:
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.classes = classes
+        self.stage: str | None = None  # the stage of the last row written
 
     def write(self, row: dict[str, Any]) -> None:
         step = int(row["step"])
         for tag, value in scalars({k: v for k, v in row.items() if k != "step"}, self.classes).items():
             self.writer.add_scalar(tag, value, step)
+        if (stage := row.get("stage")) is not None:
+            if stage != self.stage:
+                self.writer.add_text("stage_switch", f"stage '{stage}' from step {step}", step)
+                self.stage = stage
+            for key in STAGE_METRICS:
+                if isinstance(row.get(key), int | float):
+                    self.writer.add_scalar(f"stages/{stage}/{key}", float(row[key]), step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -15,13 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dytrim.cli import main as cli_main
 from dytrim.config import ConfigError, load_config
 from dytrim.engine.context import Progress
 from dytrim.engine.forward import TrainForward
 from dytrim.engine.hooks import Batch
 from dytrim.engine.mixup import interleave
 from dytrim.engine.step import StepFunction
+from dytrim.export import load_exported
 from dytrim.factory import build_trainer
+from dytrim.inference import load_run
 from dytrim.ssl.remixmatch import ReMixMatch, ReMixMatchConfig
 
 C, B, BU = 3, 8, 16  # 8 + 3 x 16 = 56 mixed images = 7 chunks of 8
@@ -258,6 +261,13 @@ def test_a_short_run_trains_the_rotation_head_and_cdmad_and_dytrim_stack(tmp_pat
     tr.fit()
     assert not torch.equal(rot0, tr.model.aux_heads["rot"].weight)  # the rotation head joined the optimiser
     assert "aux_heads.rot.weight" in tr.ema.model.state_dict()
+    assert cli_main(["eval", str(tmp_path / "r")]) == 0  # the rotation head is rebuilt beside the weights
+    path = tmp_path / "m.pt"
+    assert cli_main(["export", str(tmp_path / "r"), "--format", "state_dict", "--out", str(path)]) == 0
+    module, _ = load_exported(path)  # the classifier without the rotation head
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(module(x)[0], load_run(tmp_path / "r").logits(x)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("sets, stop_at", [([], 5), (["debias.methods=crt", "crt.steps=4"], 10)],

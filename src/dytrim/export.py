@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dytrim.config import ConfigError
-from dytrim.engine.components import HeadModel
+from dytrim.engine.components import AUX, HeadModel
 from dytrim.engine.evaluate import debias_logits
 from dytrim.inference import TrainedRun
 from dytrim.jsonfmt import compact_json
@@ -92,7 +92,10 @@ def build_exported(run: TrainedRun) -> tuple[ExportedClassifier, dict[str, Any]]
         raise ConfigError(f"export: this run predicts with the auxiliary head '{run.model.name}' "
                           f"({', '.join(run.cfg.debias.methods)}); exporting such runs is not supported yet")
     backbone = create_model(run.cfg.model.name, run.card.num_classes, in_channels=run.card.channels)
-    backbone.load_state_dict({k: v.cpu() for k, v in run.model.state_dict().items()})
+    plain = getattr(run.model, "plain_state_dict", None)  # a backbone with another linear head (CoSSL's teacher)
+    weights = plain() if plain is not None else run.model.state_dict()
+    # heads that do not predict (ReMixMatch's rotation head) stay out of the exported classifier
+    backbone.load_state_dict({k: v.cpu() for k, v in weights.items() if not k.startswith(f"{AUX}.")})
     module = ExportedClassifier(backbone, run.card.mean, run.card.std,
                                 offset if offset is not None else torch.zeros(run.card.num_classes)).eval()
     return module, metadata(run, offset is not None)

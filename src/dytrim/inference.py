@@ -37,6 +37,7 @@ from dytrim.engine.evaluate import debias_logits, predict_logits
 from dytrim.engine.hooks import Component
 from dytrim.models import create_model
 from dytrim.resume import MODEL_KEYS, check_checkpoint
+from dytrim.ssl import create_ssl
 
 
 @dataclass
@@ -103,6 +104,21 @@ def _debiasers(cfg: RunConfig, card: DataCard, model: nn.Module, state: dict[str
     return chosen
 
 
+def _own_predictors(cfg: RunConfig, card: DataCard, model: nn.Module, state: dict[str, Any], device: torch.device
+                    ) -> list[Component]:
+    """The run's components that predict through parts of their own (`eval_module`: CoSSL's EMA teacher head),
+    rebuilt for prediction and loaded from their saved state."""
+    ctx = _prediction_context(cfg, card, model, device)
+    chosen = []
+    for name in cfg.debias.methods:
+        factory = COMPONENTS.get(name)
+        if isinstance(factory, type) and factory.eval_module is not Component.eval_module:
+            c = COMPONENTS.create(name, cfg, ctx)
+            c.load_state_dict(state.get("components", {}).get(c.name, {}))
+            chosen.append(c)
+    return chosen
+
+
 def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] = (), command: str = "RUN_DIR"
              ) -> TrainedRun:
     """Load a run directory's config, data card and newest valid checkpoint (its EMA model).
@@ -131,10 +147,13 @@ def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] 
     model = create_model(cfg.model.name, card.num_classes, in_channels=card.channels).to(dev)
     owners: list[Component] = []
     weights = state["ema"] if isinstance(state["ema"], dict) else {}
-    if any(str(k).startswith(f"{AUX}.") for k in weights):  # a component's heads: rebuilt, loaded, maybe predicting
+    if any(str(k).startswith(f"{AUX}.") for k in weights):  # heads of components or of the base: rebuilt, loaded
         ctx = _prediction_context(cfg, card, model, dev)
         owners = [c for name in cfg.debias.methods if (c := COMPONENTS.create(name, cfg, ctx)).heads()]
-        attach_heads(model, collect_heads(owners), dev)
+        base = create_ssl(cfg.ssl, card.num_classes, 0)  # ReMixMatch's rotation head
+        base.bind(cfg, ctx, owners)
+        attach_heads(model, collect_heads(owners) | base.heads(), dev)
+    owners += _own_predictors(cfg, card, model, state, dev)
     if why := _weights_mismatch(model, state["ema"]):
         raise ConfigError(f"{command}: the EMA weights in {path.name} do not fit this run's model ({cfg.model.name}, "
                           f"{card.num_classes} classes, {card.channels} input channels): {why}; it is not a "

@@ -18,6 +18,8 @@ Where each acts in the per-step view Δlog π = -η·T·K·G (DESIGN.md):
   pool's class distribution matches a target);
 - crest: generations as stages, each from scratch with the labeled set grown by the last one's confident picks
   (CReST+: progressively aligned weak-view probabilities), and the +LA prediction;
+- cossl: a stage after the main one whose pseudo-labels and prediction come from a teacher head on EMA features,
+  trained on class-balanced, feature-blended (TFE) labeled data with its own optimiser and EMA;
 - crt: a stage after the main one, a fresh classifier on the frozen backbone (labeled data, mixup, class weights);
 - dytrim: which samples enter (class-aware labeled pruning by π_θ(I), soft unlabeled pruning) and
   how strongly (1/r rescaling) — the sampling measure and the per-sample scale of K·G.
@@ -30,6 +32,7 @@ from dytrim.debias import acr  # noqa: F401  (registers itself)
 from dytrim.debias import darp  # noqa: F401  (registers itself)
 from dytrim.debias import crt  # noqa: F401  (registers itself; a stage after the main one)
 from dytrim.debias import crest  # noqa: F401  (registers itself; generations as stages)
+from dytrim.debias import cossl  # noqa: F401  (registers itself; stage 2 with a teacher head of its own)
 from dytrim.debias.registry import COMPONENTS, create_components
 
 __all__ = ["COMPONENTS", "create_components"]

@@ -2,7 +2,8 @@
 
 - auxiliary heads (`Component.heads()`): attached to the model as `model.aux_heads[name]` before training, so the
   optimiser, the EMA teacher, DDP gradient averaging, checkpoints and exact resume cover them with no extra code;
-  `HeadModel` predicts with a named head (evaluation, `Component.eval_head`);
+  `HeadModel` predicts with a named head (evaluation, `Component.eval_head`); a component may instead build the
+  evaluation module itself (`Component.eval_module`, a head it owns outside the model, CoSSL's teacher);
 - per-sample memory indexed by unlabeled position (`SampleMemory`, DARP, SAW);
 - random streams (`owned_generator`, Bernoulli masks, a pass's augmentation), seeded from (seed, component name);
 - schedules every K steps / per epoch of a named length: `engine/schedules.py`; the whole-set pass:
@@ -78,11 +79,13 @@ class HeadModel(nn.Module):
 
 
 def eval_model(model: nn.Module, components: Sequence[Component]) -> nn.Module:
-    """The model evaluation predicts with: `model`, or it through the one head a component names."""
+    """The model evaluation predicts with: `model`, it through the one head a component names (`eval_head`), or the
+    module one component builds on it (`eval_module`: a head the component owns, with its own EMA, CoSSL)."""
     named = [c.eval_head for c in components if c.eval_head]
-    if len(named) > 1:
-        raise ValueError(f"several components choose the evaluation head: {named}")
-    return HeadModel(model, named[0]) if named else model
+    own = [m for c in components if (m := c.eval_module(model)) is not None]
+    if len(named) + len(own) > 1:
+        raise ValueError(f"several components choose the evaluation head: {named + [type(m).__name__ for m in own]}")
+    return own[0] if own else HeadModel(model, named[0]) if named else model
 
 
 def owned_generator(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:

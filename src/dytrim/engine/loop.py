@@ -109,7 +109,7 @@ class Trainer:
         cfg, d = self.cfg, self.data
         extra = self.plan.owners[k - 1].stage_labeled(k)  # before the weights move: picks read the last EMA model
         self.optimizer = self.plan.enter(k, self.model, self.ema, cfg.seed, self._init_state,
-                                         lambda model: build_optimizer(model, cfg.optim))
+                                         lambda model: build_optimizer(model, cfg.optim), self.optimizer)
         st, self.active = self.plan.stages[k - 1], self.plan.active_at(k)
         if extra is not None:  # the stage's labeled pool: the original one and the owner's picks, a sampler of its own
             self.lb_pool = grown_pool(d.lb_idx, d.y_train, d.ulb_idx, extra)
@@ -158,7 +158,7 @@ class Trainer:
         if stage is not None and stage.ema == "student":
             self.ema.copy_from(self.model)
         else:
-            self.ema.update(self.model, cfg.optim.ema_wd * lr)
+            self.ema.update(self.model, self.plan.ema_wd(cfg.optim.ema_wd) * lr)
         for c in self.active:
             c.observe(obs_batch, out, step)
         p.clock += max((c.clock_rate() for c in self.active), default=1.0)

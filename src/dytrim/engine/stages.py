@@ -25,7 +25,7 @@ from dytrim.config import ConfigError
 from dytrim.engine.components import xavier_linear_
 
 CHOICES = {"start_from": ("student", "ema", "init"), "trains": ("all", "head"), "ema": ("track", "student", "fresh"),
-           "hooks": ("owner", "all")}
+           "hooks": ("owner", "all"), "optimizer": ("fresh", "keep")}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,11 @@ class Stage:
     ce_eps: float = 0.0  # the stage's cross-entropy: 0 = exact log_softmax (None-lr stages: the run's ssl.ce_eps)
     hooks: str = "owner"  # whose hooks run: the owner's only, or "all": the main stage's components and the owner
     #   (which then also runs in the main stage)
+    optimizer: str = "fresh"  # lr None only: "keep" continues the run's optimiser with its state (CoSSL's stage 2
+    #   resumes stage 1's Adam), "fresh" builds it anew
+    weight_decay: float | None = None  # coupled L2 set in every parameter group of the stage's optimiser (CoSSL:
+    #   0.02·lr); None: as built
+    ema_wd: float | None = None  # the EMA step's decay factor (× lr) during the stage; None: the run's optim.ema_wd
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():
@@ -51,6 +56,8 @@ class Stage:
                 raise ValueError(f"stage {self.name}: {key} must be one of {allowed}; got {getattr(self, key)!r}")
         if self.steps < 1:
             raise ValueError(f"stage {self.name}: needs at least one step; got {self.steps}")
+        if self.optimizer == "keep" and self.lr is not None:
+            raise ValueError(f"stage {self.name}: optimizer='keep' continues the run's optimiser, so lr must be None")
 
 
 class LabeledOnly:
@@ -167,20 +174,32 @@ class StagePlan:
         return main_lr(step - self.bounds[self.index], st.steps) if st.lr is None else st.lr
 
     def enter(self, k: int, model: nn.Module, ema: Any, seed: int, init_state: dict[str, torch.Tensor] | None,
-              run_optimizer: Any) -> torch.optim.Optimizer:
+              run_optimizer: Any, current: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
         """Stage k's weights, head and frozen parameters on `model` (and `ema`); returns its optimiser (a fresh
-        Adam, or `run_optimizer(model)`, the run's own, for a stage without an LR of its own)."""
+        Adam, `run_optimizer(model)`, the run's own, for a stage without an LR of its own, or `current`, the one
+        in use, for optimizer="keep"), with the stage's weight decay if it sets one."""
         st = self.stages[k - 1]
         if st.start_from in ("ema", "init"):
             model.load_state_dict(ema.model.state_dict() if st.start_from == "ema" else init_state)
         if st.new_head:
             reinit_head(model, seed, st.name)
         params = trained_parameters(model, st.trains)
-        optimizer = stage_optimizer(params, st) if st.lr is not None else run_optimizer(model)
+        if st.optimizer == "keep" and current is not None:
+            optimizer = current
+        else:
+            optimizer = stage_optimizer(params, st) if st.lr is not None else run_optimizer(model)
+        if st.weight_decay is not None:
+            for group in optimizer.param_groups:
+                group["weight_decay"] = st.weight_decay
         if st.ema in ("student", "fresh"):
             ema.copy_from(model)
         self.index = k
         return optimizer
+
+    def ema_wd(self, run_value: float) -> float:
+        """The EMA step's decay factor now: the current stage's, or the run's optim.ema_wd."""
+        st = self.current
+        return run_value if st is None or st.ema_wd is None else st.ema_wd
 
     def check_resume(self, k: int, main_before: int, main_now: int) -> None:
         """A resume inside stage k >= 1 keeps the main stage's length (one line otherwise)."""

@@ -217,36 +217,10 @@ def test_config_is_checked_and_the_stage_is_declared(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_two_processes_stay_in_sync_and_resume_inside_stage_two_exactly(tmp_path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tests.test_stages import two_process_stop_and_resume
 
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-
-    def torchrun(*args: str, port: int) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                "-m", "dytrim", "train", *args]
-
-    sets = [x for s in [*SETS, "cossl.steps=30", "train.ckpt_every=1"] for x in ("--set", s)]
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    res = subprocess.run(torchrun("--preset", "mnist-lt-cossl", *sets, "--out", str(straight), port=29571),
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    proc = subprocess.Popen(torchrun("--preset", "mnist-lt-cossl", *sets, "--out", str(stopped), port=29572),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # wait for a checkpoint inside stage 2
-        if any(int(p.stem.split("_")[1]) > 8 for p in stopped.glob("ckpt_*.pt")):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    assert not (stopped / "summary.json").exists(), "the run ended before the signal"
-    res = subprocess.run(torchrun("--resume", str(stopped), port=29573), env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    straight, stopped = two_process_stop_and_resume(tmp_path, "mnist-lt-cossl",
+                                                    [*SETS, "cossl.steps=30", "train.ckpt_every=1"], 29571)
     volatile = {"wall_s", "images_per_s"}
     rows = [read_rows(run / "metrics.jsonl") for run in (straight, stopped)]
     assert all(r["ranks_in_sync"] for r in rows[0]) and {r["stage"] for r in rows[0]} == {"main", "cossl"}

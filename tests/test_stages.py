@@ -151,30 +151,38 @@ def test_a_signal_inside_the_stage_then_resume_is_bitwise_identical(tmp_path, si
     assert _metrics(stopped) == _metrics(straight)
 
 
-@pytest.mark.slow
-def test_two_processes_resume_inside_the_stage_exactly(tmp_path) -> None:
+def two_process_stop_and_resume(tmp_path: Path, preset: str, sets: list[str], port: int, after: int = 8) -> tuple:
+    """(straight, stopped) run directories of a 2-process torchrun run of `preset` with `sets`: one uninterrupted,
+    one sent SIGTERM once it has a checkpoint past step `after`, then resumed (`port`, port + 1, port + 2)."""
     def torchrun(*args: str, port: int) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                 "-m", "dytrim", "train", *args]
 
-    sets = [x for s in [*SETS, "crt.steps=40", "train.ckpt_every=1"] for x in ("--set", s)]
+    flags = [x for s in sets for x in ("--set", s)]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    res = subprocess.run(torchrun("--preset", "mnist-lt-fixmatch", *sets, "--out", str(straight), port=29561),
-                         env=ENV, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(torchrun("--preset", preset, *flags, "--out", str(straight), port=port), env=ENV,
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    proc = subprocess.Popen(torchrun("--preset", "mnist-lt-fixmatch", *sets, "--out", str(stopped), port=29562),
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(torchrun("--preset", preset, *flags, "--out", str(stopped), port=port + 1), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if any(int(p.stem.split("_")[1]) > 8 for p in stopped.glob("ckpt_*.pt")):
+        if any(int(p.stem.split("_")[1]) > after for p in stopped.glob("ckpt_*.pt")):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # torchrun passes it to both workers: each stops at a step boundary
     proc.wait(timeout=120)
     assert not (stopped / "summary.json").exists(), "the run ended before the signal"
-    res = subprocess.run(torchrun("--resume", str(stopped), port=29563), env=ENV, capture_output=True, text=True,
+    res = subprocess.run(torchrun("--resume", str(stopped), port=port + 2), env=ENV, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    return straight, stopped
+
+
+@pytest.mark.slow
+def test_two_processes_resume_inside_the_stage_exactly(tmp_path) -> None:
+    straight, stopped = two_process_stop_and_resume(tmp_path, "mnist-lt-fixmatch",
+                                                    [*SETS, "crt.steps=40", "train.ckpt_every=1"], 29561)
     rows = read_rows(straight / "metrics.jsonl")
     assert all(r["ranks_in_sync"] for r in rows) and {r["stage"] for r in rows} == {"main", "crt"}
     assert _metrics(stopped) == _metrics(straight)

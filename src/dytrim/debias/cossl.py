@@ -41,7 +41,6 @@ official script's base).
 from __future__ import annotations
 
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -65,6 +64,7 @@ from dytrim.debias.registry import COMPONENTS, require_fixmatch
 from dytrim.engine.components import generator_state, load_generator_state, owned_generator
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component
+from dytrim.engine.probe import eval_mode
 from dytrim.engine.sampler import EpochSampler
 from dytrim.engine.stages import Stage
 
@@ -102,16 +102,6 @@ class CoSSLConfig:
         require(self.student_wd >= 0, "cossl.student_wd", f"must be >= 0; got {self.student_wd}")
         require(0 <= self.ema_decay < 1, "cossl.ema_decay", f"must be in [0, 1); got {self.ema_decay}")
         require(0 <= self.p_cutoff <= 1, "cossl.p_cutoff", f"must be in [0, 1]; got {self.p_cutoff}")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 @COMPONENTS.register("cossl")
@@ -161,7 +151,7 @@ class CoSSL(Component):
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """EMA-backbone features, BN in eval mode (running statistics), fp32."""
-        with _eval_mode(self.ctx.ema_model) as ema:
+        with eval_mode(self.ctx.ema_model) as ema:
             return ema.forward_features(x).float()
 
     def _pass(self, idx: torch.Tensor, view: str) -> torch.Tensor:

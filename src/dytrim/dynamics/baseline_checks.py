@@ -18,10 +18,9 @@ from torch import nn
 
 from dytrim.config import config_from_dict, read_yaml_mapping
 from dytrim.dynamics.mlp import SmallMLP
-from dytrim.dynamics.ntk import eval_mode
 from dytrim.engine.checkpoint import load_all
 from dytrim.engine.metrics_log import read_rows
-from dytrim.engine.probe import baseline_image, frozen_bn_stats, kl, prior_probe
+from dytrim.engine.probe import baseline_image, eval_mode, frozen_bn_stats, kl, prior_probe
 from dytrim.models import create_model
 
 ARCHS = ("mlp", "mlp_bn", "mlp_ln", "cnn_small", "resnet_tiny", "wrn_28_2")

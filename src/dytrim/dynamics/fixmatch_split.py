@@ -16,7 +16,7 @@ from torch import nn
 
 from dytrim.config import SSLConfig
 from dytrim.dynamics.decompose import Decomposition, LossFn, decompose_step
-from dytrim.dynamics.ntk import eval_mode
+from dytrim.engine.probe import eval_mode
 from dytrim.engine.step import StepFunction
 from dytrim.ssl import create_ssl
 

@@ -8,25 +8,13 @@ depend on its whole batch, so a per-pair C×C kernel is not defined (running sta
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from dytrim.engine.probe import eval_mode
+
 DEFAULT_MAX_BYTES = 256 * 2**20
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run `model` in eval mode inside the block and restore its previous mode after."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:

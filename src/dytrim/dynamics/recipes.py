@@ -24,8 +24,8 @@ from dytrim.dynamics.baseline_checks import (
 from dytrim.dynamics.decompose import decompose_step, error_vs_lr
 from dytrim.dynamics.fixmatch_split import fixmatch_loss, split_fixmatch_step
 from dytrim.dynamics.mnist_lt import BatchMaker, load_mnist_lt, make_mlp, observation_digits, warm_up
-from dytrim.dynamics.ntk import eval_mode
 from dytrim.dynamics.unified import METHODS, unified_view
+from dytrim.engine.probe import eval_mode
 from dytrim.models import create_model
 
 LRS = [float(v) for v in np.logspace(-6, 0, 13)]

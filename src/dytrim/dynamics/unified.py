@@ -26,11 +26,10 @@ from dytrim.data.sources import LTData
 from dytrim.debias import create_components
 from dytrim.dynamics.decompose import decompose_step
 from dytrim.dynamics.mnist_lt import BatchMaker
-from dytrim.dynamics.ntk import eval_mode
 from dytrim.engine.build import data_context
 from dytrim.engine.context import RunContext
 from dytrim.engine.hooks import Batch, Component
-from dytrim.engine.probe import step_probe
+from dytrim.engine.probe import eval_mode, step_probe
 from dytrim.engine.step import StepFunction
 from dytrim.ssl import create_ssl
 

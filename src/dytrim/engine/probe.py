@@ -21,6 +21,17 @@ def baseline_image(kind: str, channels: int, height: int, width: int, device: to
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in eval mode inside the block and restore its previous mode after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """Run a model in train mode (batch statistics) without changing its BN running buffers: the forwards inside
     update copies, and the BN layers get their own buffers back afterwards (not written in place, so a forward

@@ -5,13 +5,14 @@ Order of a step (STYLE.md habit 1; component hooks in brackets): [the probe z(I)
 function (engine/step.py: [weight] -> forward passes (logits; penultimate features when a component asks) ->
 [pseudo_logits] (e.g. CDMAD, DebiasPL) -> targets and mask (SSL algorithm) -> [pseudo_targets] (e.g. Adsh) ->
 [weight_unlabeled] (e.g. SAW) -> [train_logits] (e.g. logit adjustment) -> per-sample losses x weights ->
-[loss_terms] (named extra terms)) -> backward -> optimiser -> EMA -> [observe] (scores, per-sample memory).
-Evaluation uses the EMA model (through a component's head if one names `eval_head`); [eval_logits] give the
-debiased predictions, and every evaluation probes the baseline image. Components' heads are part of the model
-(engine/components.py), so the optimiser, EMA, DDP averaging and checkpoints hold them.
-Stages (engine/stages.py): a run is its main stage (train.steps) and the stages components declare (cRT, CReST's
-generations); at a stage's first step, before its probe and before_step, the loop switches weights, head, frozen
-parameters, optimiser, labeled pool and the hooks that run; the step above is then the stage's step.
+[loss_terms] (named extra terms); a mixing base (ReMixMatch) forms its losses from mixed forwards at the same
+place) -> backward -> optimiser -> EMA -> [observe] (scores, per-sample memory).
+Evaluation uses the EMA model (through a component's head, `eval_head`, or a module of its own, `eval_module`:
+CoSSL's teacher); [eval_logits] give the debiased predictions, and every evaluation probes the baseline image.
+Components' and the base's heads are part of the model (engine/components.py), so the optimiser, EMA, DDP averaging
+and checkpoints hold them. Stages (engine/stages.py): a run is its main stage (train.steps) and the stages components
+declare (cRT, CReST's generations, CoSSL's stage 2); at a stage's first step, before its probe and before_step, the
+loop switches weights, head, frozen parameters, optimiser (fresh or kept), labeled pool and the hooks that run.
 """
 
 from __future__ import annotations

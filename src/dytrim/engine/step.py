@@ -4,7 +4,10 @@ Training (engine/loop.py) and the analysis tools (dytrim/dynamics) both call it,
 [transform_labeled] -> [weight] -> forward (weak unlabeled without gradient, labeled, each strong view; logits, and
 penultimate features when a component asks) -> [train_logits] on the labeled logits -> [pseudo_logits] ->
 pseudo-labels (SSL base) -> [pseudo_targets] -> [weight_unlabeled] -> [train_logits] on each strong view ->
-per-sample soft cross-entropies x weights -> [loss_terms] (named extra terms). Who draws the batch, how the forward
+per-sample soft cross-entropies x weights -> [loss_terms] (named extra terms). A base that mixes its views
+(`mixes`, ReMixMatch) keeps the same order with its own middle: the weak view's forward (no gradient) -> the same
+pseudo-label hooks -> [weight_unlabeled] -> the base's mixed forwards and per-sample losses, each logit through
+[train_logits] -> x weights -> [loss_terms]. Who draws the batch, how the forward
 runs (precision, BN mode, compiled or not) and what happens to the loss (backward, or a gradient decomposition) is
 the caller's.
 """

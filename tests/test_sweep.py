@@ -19,9 +19,10 @@ TINY = ["train.batch_size=8", "train.uratio=2", "train.steps=4", "train.eval_eve
         "train.device=cpu", "train.threads=1", "debias.start=0", "prune.cadence=epoch", "prune.epoch_steps=2",
         "prune.min_keep=1", "data.eval_subset=50", "saw.epoch_steps=2", "adsh.epoch_steps=2", "adsh.first_epoch=1",
         "darp.warm=0", "darp.every=2", "daso.warm=2", "daso.pl_period=2", "acr.epoch_steps=1", "acr.est_epoch=0",
-        "crt.steps=2"]
+        "crt.steps=3", "cossl.steps=3", "cossl.warm_steps=2", "crest.generations=2"]
 #   (DARP refines at steps 0 and 2, DASO blends from step 2, ACR estimates and adapts tau1 every step: the resume at
-#   step 2 crosses each method's periodic state)
+#   step 2 crosses each method's periodic state; a stack with stages (cRT, CReST, CoSSL) resumes inside its first
+#   stage after the main one, one step past the switch)
 
 
 def _preset_stacks() -> set[tuple[str, ...]]:
@@ -78,22 +79,25 @@ def test_two_steps_checkpoint_and_exact_resume(tmp_path, ssl: str, stack: tuple[
         assert "\n" not in refused and refused.startswith("debias.methods: "), refused
         return
     straight = _trainer(tmp_path / "a", ssl, stack)
-    _steps(straight, 4)
+    total = straight.plan.total  # train.steps, plus the steps of the stages the stack declares
+    stop = straight.plan.bounds[1] + 1 if straight.plan else 2  # with stages: inside the first one after the main
+    _steps(straight, total)
     first = _trainer(tmp_path / "b", ssl, stack)
-    _steps(first, 2)
+    _steps(first, stop)
     twin = _trainer(tmp_path / "twin", ssl, stack)
-    _steps(twin, 2)
+    _steps(twin, stop)
     # what DDP ranks compare (weights, SSL state, component state, sampler lists) depends on the batch only
     assert first._fingerprint() == twin._fingerprint()
     (tmp_path / "b").mkdir()
     save_checkpoint(tmp_path / "b", first.step, first.state_dict(), 2)
     state, _ = load_latest(tmp_path / "b", torch.device("cpu"))  # weights_only: the state is plain data
-    assert state["step"] == 2 and set(state["components"]) == set(stack)
+    assert state["step"] == stop and set(state["components"]) == set(stack)
+    assert state.get("stage", 0) == (1 if straight.plan else 0)
     resumed = _trainer(tmp_path / "b", ssl, stack, resume=True)
-    assert resumed.restore() is not None and resumed.step == 2
+    assert resumed.restore() is not None and resumed.step == stop and resumed.plan.index == first.plan.index
     assert resumed._fingerprint() == first._fingerprint()  # the round trip restores everything compared
-    _steps(resumed, 2)
-    assert resumed._fingerprint() == straight._fingerprint()  # 2 + 2 steps = 4 steps, bit for bit
+    _steps(resumed, total - stop)
+    assert resumed._fingerprint() == straight._fingerprint()  # stop + the rest = the whole run, bit for bit
     for a, b in zip(resumed.ema.model.state_dict().values(), straight.ema.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     row = resumed.evaluate()

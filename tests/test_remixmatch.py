@@ -260,6 +260,8 @@ def test_a_short_run_trains_the_rotation_head_and_cdmad_and_dytrim_stack(tmp_pat
     rot0 = tr.model.aux_heads["rot"].weight.detach().clone()
     tr.fit()
     assert not torch.equal(rot0, tr.model.aux_heads["rot"].weight)  # the rotation head joined the optimiser
+    p = tr.progress  # 8 steps of 8 labeled + 16 unlabeled images: 2 + 6 forwards, 2 + 5 with a graph
+    assert (p.samples_fwd, p.samples_bwd) == (8 * (2 * 8 + 6 * 16), 8 * (2 * 8 + 5 * 16))
     assert "aux_heads.rot.weight" in tr.ema.model.state_dict()
     assert cli_main(["eval", str(tmp_path / "r")]) == 0  # the rotation head is rebuilt beside the weights
     path = tmp_path / "m.pt"

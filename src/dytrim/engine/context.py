@@ -30,12 +30,15 @@ class Progress:
     samples_bwd: int = 0  # training images whose loss was back-propagated (labeled + strong views)
     samples_seen: int = 0  # labeled + unlabeled images drawn
 
-    def count(self, n_lb: int, n_ulb: int, n_strong: int) -> None:
-        """One update of a global batch of n_lb labeled and n_ulb unlabeled images (1 weak + n_strong views)."""
+    def count(self, n_lb: int, n_ulb: int, n_strong: int, views: tuple[int, int, int, int] | None = None) -> None:
+        """One update of a global batch of n_lb labeled and n_ulb unlabeled images (1 weak + n_strong views), or,
+        given `views` = (forwards per labeled image, per unlabeled image, backwards per labeled, per unlabeled), of a
+        base that forwards more (ReMixMatch's mixed chunks and extra views)."""
+        f_lb, f_ulb, b_lb, b_ulb = views if views is not None else (1, 1 + n_strong, 1, n_strong)
         self.updates += 1
         self.samples_seen += n_lb + n_ulb
-        self.samples_fwd += n_lb + n_ulb * (1 + n_strong)
-        self.samples_bwd += n_lb + n_ulb * n_strong
+        self.samples_fwd += f_lb * n_lb + f_ulb * n_ulb
+        self.samples_bwd += b_lb * n_lb + b_ulb * n_ulb
 
 
 def _one_process(t: torch.Tensor) -> torch.Tensor:

@@ -165,7 +165,7 @@ class Trainer:
         p.clock += max((c.clock_rate() for c in self.active), default=1.0)
         p.step = min(int(p.clock + 1e-9), self.plan.end)  # a stage ends at its last step
         p.count(len(obs_batch.lb_pos), len(obs_batch.ulb_pos) if obs_batch.ulb_pos is not None else 0,
-                len(batch.x_ulb_s))
+                len(batch.x_ulb_s), getattr(self.step_fn.ssl, "views_per_sample", None))
         stats["loss"] = loss.detach()
         return self.dist.mean_losses(stats) | {"lr": lr}  # losses: mean over ranks (the global-batch loss)
 

@@ -126,6 +126,13 @@ class ReMixMatch(SSLAlgorithm):
         self.progress: Any = None
 
     @property
+    def views_per_sample(self) -> tuple[int, int, int, int]:
+        """Images through a forward / a backward per labeled and per unlabeled image of a step (the work counters):
+        cdmad: the mixed slot and the weak view of x; u: weak, 3 mixed slots, rotated, strong 1 (5 with a graph);
+        usb: x's unused forward and its mixed slot; u: weak, strong 0, 3 mixed slots, rotated (5 with a graph)."""
+        return (2, 6, 2, 5) if self.r.mode == "cdmad" else (2, 6, 1, 5)
+
+    @property
     def lb_strong(self) -> bool:
         """cdmad mixes a strong view of the labeled images: the batch carries one."""
         return self.r.mode == "cdmad"

@@ -152,6 +152,11 @@ def test_run_methods_cover_the_registry() -> None:
     assert not _changes_predictions("reweight") and not _changes_predictions("dytrim,logit_adjust")
 
 
+# the stages a method declares after the main one, short (their defaults are the official 10k-50k steps)
+STAGES = ["--set", "crt.steps=4", "--set", "cossl.steps=4", "--set", "cossl.warm_steps=2", "--set",
+          "crest.generations=2"]
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:the labeled pruning rule:UserWarning")  # DyTrim's reference rule, on purpose
 @pytest.mark.parametrize("methods", RUN_METHODS)
@@ -161,7 +166,7 @@ def test_short_run_logs_probe_and_debiased_metrics(tmp_path, methods) -> None:
     out = tmp_path / "r"
     assert main(["train", "--preset", "mnist-lt-fixmatch", "--set", f"debias.methods={methods}", "--set",
                  "debias.start=5", "--set", "train.steps=10", "--set", "train.eval_every=10", "--set",
-                 "train.progress=false", "--out", str(out)]) == 0
+                 "train.progress=false", *STAGES, "--out", str(out)]) == 0
     import json
 
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])

@@ -34,7 +34,7 @@ def build_trainer(
     ssl.bind(cfg, ctx, components)
     for line in _never_on(cfg, components):
         warnings.warn(line, stacklevel=2)
-    attach_component_heads(parts, ctx, components, ssl.heads())  # heads join the model, its EMA and the optimiser
+    attach_component_heads(parts, ctx, [*components, ssl])  # heads (ReMixMatch's too) join the model, EMA, optimiser
     return Trainer(parts, ssl, components, ctx)
 
 

@@ -152,7 +152,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", overrides: Sequence[str] 
         owners = [c for name in cfg.debias.methods if (c := COMPONENTS.create(name, cfg, ctx)).heads()]
         base = create_ssl(cfg.ssl, card.num_classes, 0)  # ReMixMatch's rotation head
         base.bind(cfg, ctx, owners)
-        attach_heads(model, collect_heads(owners) | base.heads(), dev)
+        attach_heads(model, collect_heads([*owners, base]), dev)
     owners += _own_predictors(cfg, card, model, state, dev)
     if why := _weights_mismatch(model, state["ema"]):
         raise ConfigError(f"{command}: the EMA weights in {path.name} do not fit this run's model ({cfg.model.name}, "

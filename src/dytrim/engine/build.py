@@ -25,7 +25,6 @@ from dytrim.engine.components import attach_heads, collect_heads
 from dytrim.engine.context import RunContext
 from dytrim.engine.distributed import Dist
 from dytrim.engine.ema import EMATeacher
-from dytrim.engine.hooks import Component
 from dytrim.engine.optim import build_optimizer
 from dytrim.engine.passes import WholeSetPass
 from dytrim.engine.tensorboard import require_tensorboard
@@ -114,17 +113,12 @@ def data_context(cfg: RunConfig, data: LTData, model: nn.Module, ema_model: nn.M
     return ctx
 
 
-def attach_component_heads(parts: RunParts, ctx: RunContext, components: list[Component],
-                           base_heads: dict[str, nn.Module] | None = None) -> None:
-    """The components' auxiliary heads join the model before training (engine/components.py): the EMA teacher and
-    the optimiser are then built again over the whole model (still untrained, so this equals building them with the
-    heads), and every rank starts from the main rank's heads. No heads: nothing changes."""
-    heads = collect_heads(components)
-    for name, head in (base_heads or {}).items():  # the SSL base's (ReMixMatch's rotation head)
-        if name in heads:
-            raise ValueError(f"a component and the SSL base both own a head named '{name}'")
-        heads[name] = head
-    if not attach_heads(parts.model, heads, parts.device):
+def attach_component_heads(parts: RunParts, ctx: RunContext, components: list[Any]) -> None:
+    """The auxiliary heads of the components (and of the SSL base, passed among them) join the model before training
+    (engine/components.py): the EMA teacher and the optimiser are then built again over the whole model (still
+    untrained, so this equals building them with the heads), and every rank starts from the main rank's heads. No
+    heads: nothing changes."""
+    if not attach_heads(parts.model, collect_heads(components), parts.device):
         return
     cfg = parts.cfg
     if cfg.model.channels_last:

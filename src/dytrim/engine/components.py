@@ -26,8 +26,8 @@ from dytrim.engine.rng import set_generator_state
 AUX = "aux_heads"  # the model's attribute holding the components' heads (state_dict keys aux_heads.<name>.*)
 
 
-def collect_heads(components: Sequence[Component]) -> dict[str, nn.Module]:
-    """Every component's heads by name; a name used twice is refused."""
+def collect_heads(components: Sequence[Any]) -> dict[str, nn.Module]:
+    """Every component's (and the SSL base's) heads by name, from their `heads()`; a name used twice is refused."""
     heads: dict[str, nn.Module] = {}
     for c in components:
         for name, head in c.heads().items():

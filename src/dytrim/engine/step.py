@@ -128,9 +128,7 @@ class StepFunction:
                         t_lb: torch.Tensor | None = None) -> torch.Tensor:
         """[B] unweighted cross-entropy of the labeled logits after the train_logits hooks, against one_hot(y_lb)
         or the soft targets `t_lb` a transform_labeled hook gave."""
-        for c in self.components:
-            logits_lb = c.train_logits(logits_lb, True, step)
-        logits_lb = _wide(logits_lb)
+        logits_lb = self.train_view(logits_lb, True, step)
         if t_lb is None:
             t_lb = torch.nn.functional.one_hot(y_lb, self.num_classes)
         return soft_cross_entropy(logits_lb, t_lb.to(logits_lb.dtype), self.ce_eps)
@@ -141,9 +139,7 @@ class StepFunction:
         """[n_strong, Bu] masked soft cross-entropy of each strong view after the train_logits hooks."""
         per_view = []
         for z in logits_s:
-            for c in self.components:
-                z = c.train_logits(z, False, step)
-            z = _wide(z)
+            z = self.train_view(z, False, step)
             per_view.append(soft_cross_entropy(z, targets.to(z.dtype), self.ce_eps) * mask)
         return torch.stack(per_view)
 
